@@ -1,0 +1,31 @@
+# The book's single entry point. `make book` builds the HTML book, `make test` runs the test suite;
+# both create the virtual environment .venv (Python 3.11) and install everything on first use.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: book test install bless bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+book: $(STAMP)
+	$(BIN)/ptm build
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bless: $(STAMP)
+	$(BIN)/ptm bless
+
+bench: $(STAMP)
+	$(BIN)/ptm bench
+
+clean:
+	rm -rf _build .cache

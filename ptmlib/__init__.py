@@ -1,0 +1,21 @@
+"""ptmlib: the small shared library of the executable curriculum on pretrained models.
+
+Chapters use it as `import ptmlib as ptm`: `ptm.setup(...)` resolves the profile, `ptm.train(...)`
+runs the book's one training loop, `ptm.Scorecard` records the claims.
+"""
+from ptmlib.claims import Claim, ClaimsFailed, Scorecard
+from ptmlib.profiles import PROFILES, Profile, resolve_profile, seed_everything, setup
+from ptmlib.train import History, TrainConfig, lr_multiplier, train
+
+
+def glue(name: str, value: object, fmt: str | None = None) -> None:
+    """Store a value for the prose ({glue:text}`name`) without displaying it; a no-op outside myst-nb."""
+    try:
+        from myst_nb import glue as _glue
+    except ImportError:
+        return
+    _glue(name, value if fmt is None else format(value, fmt), display=False)
+
+
+__all__ = ["Claim", "ClaimsFailed", "History", "PROFILES", "Profile", "Scorecard", "TrainConfig", "glue",
+           "lr_multiplier", "resolve_profile", "seed_everything", "setup", "train"]

@@ -1,0 +1,170 @@
+"""The book as a set of executable chapters: ids, conversion, execution, goldens, the HTML build.
+
+A chapter id is its path under `chapters/` without `.md` (e.g. `icl/linear_regression`); the book
+order is the order of `_toc.yml`. Chapters are MyST-markdown notebooks: jupytext converts them, and
+papermill executes them with the parameters cell overridden.
+"""
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+GOLDEN_DIR = Path("tests") / "golden"
+VOLATILE_METADATA = ("papermill", "execution")
+
+
+def chapter_ids(root: Path) -> list[str]:
+    """Chapter ids in book order, read from `_toc.yml` (entries under `chapters/` only)."""
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    files: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "file" in node:
+                files.append(str(node["file"]))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(toc)
+    ids = [f.removesuffix(".md").removeprefix("chapters/") for f in files if f.startswith("chapters/")]
+    return [i for i in ids if (root / "chapters" / f"{i}.md").is_file()]
+
+
+def chapter_path(root: Path, chapter: str) -> Path:
+    """The source file of a chapter; `ValueError` naming the known ids if there is none."""
+    ids = chapter_ids(root)
+    if chapter not in ids:
+        raise ValueError(f"unknown chapter {chapter!r}; known: {', '.join(ids)}")
+    return root / "chapters" / f"{chapter}.md"
+
+
+def read_chapter(path: Path) -> Any:
+    """The chapter as an nbformat notebook (jupytext)."""
+    import jupytext
+
+    return jupytext.read(path)
+
+
+def parameters(nb: Any) -> dict[str, Any]:
+    """Names and default values assigned in the cell tagged `parameters`."""
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
+            out: dict[str, Any] = {}
+            for node in ast.parse(cell.source).body:
+                if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+                    out[node.targets[0].id] = ast.literal_eval(node.value)
+            return out
+    raise ValueError("the chapter has no cell tagged 'parameters'")
+
+
+def code_cells(nb: Any) -> list[str]:
+    """The source of every code cell except papermill's injected-parameters cell."""
+    return [c.source.strip() for c in nb.cells
+            if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
+
+
+@dataclass
+class RunResult:
+    chapter: str
+    ok: bool
+    wall_s: float
+    notebook: Path
+    claims: Path
+    error: str = ""
+
+
+def run_chapter(root: Path, chapter: str, out_dir: Path, params: Mapping[str, Any],
+                env: Mapping[str, str] | None = None) -> RunResult:
+    """Execute a chapter with papermill; write `out_dir/<id>.ipynb` and `out_dir/<id>.claims.json`."""
+    import nbformat
+    import papermill
+
+    src = chapter_path(root, chapter)
+    nb = read_chapter(src)
+    known = parameters(nb)
+    if unknown := set(params) - set(known):
+        raise ValueError(f"unknown parameter(s) {sorted(unknown)} for {chapter}; allowed: {', '.join(known)}")
+    out_nb = out_dir / f"{chapter}.ipynb"
+    out_claims = out_dir / f"{chapter}.claims.json"
+    out_nb.parent.mkdir(parents=True, exist_ok=True)
+    out_claims.unlink(missing_ok=True)
+    tmp_in = out_nb.with_suffix(".input.ipynb")
+    nbformat.write(nb, tmp_in)
+    saved = dict(os.environ)
+    os.environ.update({"PTM_CLAIMS_OUT": str(out_claims.resolve()), **(env or {})})
+    t0 = time.perf_counter()
+    error = ""
+    try:
+        papermill.execute_notebook(str(tmp_in), str(out_nb), parameters=dict(params), cwd=str(src.parent),
+                                   progress_bar=False, log_output=False, kernel_name="python3")
+    except Exception as exc:  # papermill raises PapermillExecutionError with the cell's traceback
+        error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        tmp_in.unlink(missing_ok=True)
+    wall = time.perf_counter() - t0
+    return RunResult(chapter, not error and out_claims.is_file(), wall, out_nb, out_claims, error)
+
+
+def strip_volatile(path: Path) -> None:
+    """Drop run-dependent metadata (timestamps, durations, paths) from an executed notebook."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for key in VOLATILE_METADATA:
+        nb.metadata.pop(key, None)
+        for cell in nb.cells:
+            cell.metadata.pop(key, None)
+    nbformat.write(nb, path)
+
+
+def bless(root: Path, chapter: str) -> RunResult:
+    """Re-execute a chapter at the smoke profile (seed 0) and store it as its golden notebook."""
+    result = run_chapter(root, chapter, root / GOLDEN_DIR, {"profile": "smoke", "seed": 0})
+    if result.notebook.is_file():
+        strip_volatile(result.notebook)
+    return result
+
+
+def stage_goldens(root: Path, stage: Path) -> Path:
+    """Copy the book's sources to `stage`, each chapter replaced by its executed golden notebook."""
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    for name in ("_config.yml", "_toc.yml", "references.bib"):
+        shutil.copy2(root / name, stage / name)
+    for page in root.glob("*.md"):
+        if page.name != "README.md":
+            shutil.copy2(page, stage / page.name)
+    shutil.copytree(root / "chapters", stage / "chapters")
+    for chapter in chapter_ids(root):
+        golden = root / GOLDEN_DIR / f"{chapter}.ipynb"
+        if not golden.is_file():
+            raise FileNotFoundError(f"no golden notebook for {chapter}: run `ptm bless {chapter}`")
+        (stage / "chapters" / f"{chapter}.md").unlink()
+        shutil.copy2(golden, stage / "chapters" / f"{chapter}.ipynb")
+    config = yaml.safe_load((stage / "_config.yml").read_text())
+    config.setdefault("execute", {})["execute_notebooks"] = "off"
+    (stage / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return stage
+
+
+def build_html(src: Path, out: Path | None = None) -> subprocess.CompletedProcess:
+    """`jupyter-book build` with warnings as errors (-W -n --keep-going); output under `out`."""
+    cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(src), "-W", "-n", "--keep-going"]
+    if out is not None:
+        cmd += ["--path-output", str(out)]
+    return subprocess.run(cmd, capture_output=True, text=True)

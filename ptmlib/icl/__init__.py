@@ -1,0 +1,1 @@
+"""Part I helpers: in-context regression data, classical estimators, linear self-attention, transformers."""

@@ -1,0 +1,263 @@
+"""One training loop for the whole book.
+
+`train(model, batch_fn, loss_fn, cfg, profile)` runs `cfg.num_steps` optimizer steps:
+batch_fn(gen) draws a batch from a seeded generator, loss_fn(model, batch) returns a scalar loss.
+It handles the optimizer, the LR schedule (constant, cosine, warmup-stable-decay), gradient
+clipping, bf16 autocast and optional `torch.compile` on CUDA, evaluation hooks, a progress bar,
+throughput (and MFU on CUDA), and checkpoints that let an interrupted run resume where it stopped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from tqdm import tqdm
+
+from ptmlib.checkpoint import load_checkpoint, save_checkpoint
+from ptmlib.paths import cache_dir
+from ptmlib.profiles import Profile
+
+SCHEDULES = ("constant", "cosine", "wsd")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+# Dense bf16 peak FLOP/s, for the MFU estimate (vendor datasheets).
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run except the model and the data."""
+
+    num_steps: int
+    lr: float = 1e-3
+    schedule: str = "constant"  # constant | cosine | wsd
+    warmup_steps: int = 0
+    decay_frac: float = 0.2  # wsd: the last fraction of steps decays linearly to min_lr_ratio
+    min_lr_ratio: float = 0.0  # cosine and wsd end at lr * min_lr_ratio
+    optimizer: str = "adamw"  # adamw | adam | sgd
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = 1.0  # max global grad norm; None disables clipping
+    log_every: int = 50  # record the mean training loss every this many steps
+    eval_every: int = 0  # run the eval hooks every this many steps (0: only at the end)
+    checkpoint_every: int = 0  # 0: checkpoint only for the full profile, every ~10% of the run
+    compile: bool = False  # torch.compile the model (CUDA only)
+
+    def __post_init__(self) -> None:
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
+        if not 0 <= self.decay_frac <= 1 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("decay_frac and min_lr_ratio must lie in [0, 1]")
+
+
+def lr_multiplier(step: int, cfg: TrainConfig) -> float:
+    """Factor applied to `cfg.lr` at optimizer step `step` (0-based).
+
+    Linear warmup over `warmup_steps`, then: constant 1; cosine from 1 to `min_lr_ratio` at the last
+    step; or warmup-stable-decay (WSD): 1 until the last `decay_frac` of steps, then linear to
+    `min_lr_ratio` at the last step.
+    """
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    lo = cfg.min_lr_ratio
+    last = cfg.num_steps - 1
+    if cfg.schedule == "constant" or last <= cfg.warmup_steps:
+        return 1.0
+    if cfg.schedule == "cosine":
+        progress = (step - cfg.warmup_steps) / (last - cfg.warmup_steps)
+        return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * progress))
+    decay_start = max(cfg.warmup_steps, last - round(cfg.decay_frac * cfg.num_steps))
+    if step <= decay_start:
+        return 1.0
+    return 1 - (1 - lo) * (step - decay_start) / (last - decay_start)
+
+
+def make_optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer named in `cfg` (fused kernels on CUDA where PyTorch has them)."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+@dataclass
+class History:
+    """What a run recorded. `loss` is the mean training loss over each logging window."""
+
+    step: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    evals: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    wall_s: float = 0.0
+    steps_run: int = 0  # optimizer steps this process ran (0 when a finished checkpoint was loaded)
+    examples_per_s: float = 0.0
+    tokens_per_s: float | None = None
+    mfu: float | None = None  # model FLOPs utilisation (CUDA only; 6 * params * tokens estimate)
+
+    def final(self, name: str) -> float:
+        """The last recorded value of eval `name`."""
+        return self.evals[name][-1][1]
+
+    def throughput(self) -> str:
+        """One line: examples/s (and tokens/s, MFU where known)."""
+        parts = [f"{self.examples_per_s:,.0f} examples/s"]
+        if self.tokens_per_s:
+            parts.append(f"{self.tokens_per_s:,.0f} tokens/s")
+        if self.mfu is not None:
+            parts.append(f"MFU {100 * self.mfu:.1f}%")
+        return ", ".join(parts)
+
+
+def train(
+    model: torch.nn.Module,
+    batch_fn: Callable[[torch.Generator], Any],
+    loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
+    cfg: TrainConfig,
+    profile: Profile,
+    *,
+    examples_per_step: int,
+    tokens_per_step: int | None = None,
+    evals: Mapping[str, Callable[[], float]] | None = None,
+    run_name: str | None = None,
+    progress: bool | None = None,
+    data_seed_offset: int = 1000,
+) -> History:
+    """Train `model` in place for `cfg.num_steps` steps and return its `History`.
+
+    Batches come from `batch_fn(gen)` with `gen = profile.generator(data_seed_offset)`, so the data
+    stream is fixed by the seed. With `run_name` set and the full profile (or `cfg.checkpoint_every`
+    > 0), checkpoints go to the cache keyed by the run name, config, seed and parameter shapes; a rerun
+    resumes from the latest one, and a finished run is loaded instead of retrained.
+    `progress=None` shows a bar for the full profile only; `PTM_PROGRESS=0/1` overrides.
+    """
+    model.to(profile.device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(params, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, cfg))
+    gen = profile.generator(data_seed_offset)
+    hist = History()
+    evals = dict(evals or {})
+
+    folder = _checkpoint_folder(model, cfg, profile, run_name)
+    every = cfg.checkpoint_every or max(1, cfg.num_steps // 10)
+    start = 0
+    if folder is not None and (ckpt := load_checkpoint(folder, model)) is not None:
+        start, done, state = ckpt
+        _restore(state, opt, sched, gen, hist)
+        if done:
+            model.eval()
+            return hist
+
+    fwd = torch.compile(model) if cfg.compile and profile.is_cuda else model
+    show = _progress_enabled(progress, profile)
+    bar = tqdm(total=cfg.num_steps, initial=start, disable=not show, desc=run_name or "train", leave=True)
+    running = torch.zeros((), device=profile.device)
+    window = 0
+    t0 = time.perf_counter()
+    for step in range(start, cfg.num_steps):
+        batch = batch_fn(gen)
+        with profile.autocast():
+            loss = loss_fn(fwd, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        sched.step()
+        running += loss.detach()
+        window += 1
+        bar.update(1)
+        last = step == cfg.num_steps - 1
+        if (step + 1) % cfg.log_every == 0 or last:
+            hist.step.append(step + 1)
+            hist.loss.append(running.item() / window)
+            hist.lr.append(opt.param_groups[0]["lr"])
+            bar.set_postfix(loss=f"{hist.loss[-1]:.4f}")
+            running.zero_()
+            window = 0
+        if evals and (last or (cfg.eval_every and (step + 1) % cfg.eval_every == 0)):
+            _run_evals(model, evals, step + 1, hist)
+        if folder is not None and ((step + 1) % every == 0 or last):
+            save_checkpoint(folder, model, _state(opt, sched, gen, hist), step + 1, done=last)
+    bar.close()
+    if profile.is_cuda:
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t0
+    _record_speed(hist, cfg.num_steps - start, elapsed, examples_per_step, tokens_per_step, model, profile)
+    model.eval()
+    return hist
+
+
+def _run_evals(model: torch.nn.Module, evals: Mapping[str, Callable[[], float]], step: int, hist: History) -> None:
+    model.eval()
+    with torch.no_grad():
+        for name, fn in evals.items():
+            hist.evals.setdefault(name, []).append((step, float(fn())))
+    model.train()
+
+
+def _record_speed(hist: History, steps: int, elapsed: float, examples: int, tokens: int | None,
+                  model: torch.nn.Module, profile: Profile) -> None:
+    hist.steps_run = steps
+    hist.wall_s += elapsed
+    if steps == 0 or elapsed <= 0:
+        return
+    hist.examples_per_s = steps * examples / elapsed
+    hist.tokens_per_s = steps * tokens / elapsed if tokens else None
+    if profile.is_cuda and hist.tokens_per_s:
+        name = torch.cuda.get_device_name(profile.device)
+        peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+        n_params = sum(p.numel() for p in model.parameters())
+        hist.mfu = 6 * n_params * hist.tokens_per_s / peak if peak else None
+
+
+def _progress_enabled(progress: bool | None, profile: Profile) -> bool:
+    env = os.environ.get("PTM_PROGRESS")
+    if env in ("0", "1"):
+        return env == "1"
+    return profile.name == "full" if progress is None else progress
+
+
+def _checkpoint_folder(model: torch.nn.Module, cfg: TrainConfig, profile: Profile, run_name: str | None) -> Path | None:
+    if run_name is None or not (profile.name == "full" or cfg.checkpoint_every > 0):
+        return None
+    shapes = [(n, tuple(p.shape)) for n, p in model.state_dict().items()]
+    key = json.dumps([asdict(cfg), profile.seed, shapes], sort_keys=True, default=str)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return cache_dir() / "checkpoints" / f"{run_name}-{digest}"
+
+
+def _state(opt: torch.optim.Optimizer, sched: Any, gen: torch.Generator, hist: History) -> dict[str, Any]:
+    state = {
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "data_rng": gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "history": {"step": hist.step, "loss": hist.loss, "lr": hist.lr,
+                    "evals": {k: [list(x) for x in v] for k, v in hist.evals.items()}, "wall_s": hist.wall_s},
+    }
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore(state: dict[str, Any], opt: torch.optim.Optimizer, sched: Any, gen: torch.Generator, hist: History) -> None:
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    gen.set_state(state["data_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    h = state["history"]
+    hist.step, hist.loss, hist.lr, hist.wall_s = list(h["step"]), list(h["loss"]), list(h["lr"]), h["wall_s"]
+    hist.evals = {k: [(int(s), float(v)) for s, v in vals] for k, vals in h["evals"].items()}

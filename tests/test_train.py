@@ -1,0 +1,141 @@
+import math
+
+import pytest
+import torch
+
+from ptmlib.train import History, TrainConfig, lr_multiplier, train
+
+
+def test_constant_schedule_with_linear_warmup():
+    cfg = TrainConfig(num_steps=100, warmup_steps=10)
+    assert [lr_multiplier(s, cfg) for s in (0, 4, 9, 10, 99)] == [0.1, 0.5, 1.0, 1.0, 1.0]
+
+
+def test_cosine_schedule_closed_form():
+    cfg = TrainConfig(num_steps=101, schedule="cosine", min_lr_ratio=0.1)
+    assert lr_multiplier(0, cfg) == pytest.approx(1.0)
+    assert lr_multiplier(50, cfg) == pytest.approx(0.1 + 0.9 * 0.5)  # halfway: cos(pi/2) = 0
+    assert lr_multiplier(25, cfg) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert lr_multiplier(100, cfg) == pytest.approx(0.1)
+
+
+def test_wsd_schedule_is_flat_then_decays_linearly_to_the_floor():
+    cfg = TrainConfig(num_steps=101, schedule="wsd", warmup_steps=10, decay_frac=0.2, min_lr_ratio=0.0)
+    values = [lr_multiplier(s, cfg) for s in range(101)]
+    assert values[9] == 1.0 and values[10:81] == [1.0] * 71  # decay starts at step 100 - 20 = 80
+    assert values[90] == pytest.approx(0.5) and values[100] == pytest.approx(0.0)
+    assert all(a >= b for a, b in zip(values[80:], values[81:]))
+
+
+def test_bad_config_is_a_value_error():
+    with pytest.raises(ValueError, match="allowed: constant, cosine, wsd"):
+        TrainConfig(num_steps=10, schedule="linear")
+    with pytest.raises(ValueError, match="allowed: adamw, adam, sgd"):
+        TrainConfig(num_steps=10, optimizer="lion")
+    with pytest.raises(ValueError):
+        TrainConfig(num_steps=0)
+
+
+def _linear_problem(d: int = 4, batch: int = 64):
+    w_true = torch.arange(1.0, d + 1)
+
+    def batch_fn(gen: torch.Generator):
+        x = torch.randn(batch, d, generator=gen)
+        return x, x @ w_true
+
+    def loss_fn(model, b):
+        x, y = b
+        return (model(x).squeeze(-1) - y).pow(2).mean()
+
+    return w_true, batch_fn, loss_fn
+
+
+def test_train_recovers_the_least_squares_solution(smoke):
+    w_true, batch_fn, loss_fn = _linear_problem()
+    model = torch.nn.Linear(4, 1, bias=False)
+    hist = train(model, batch_fn, loss_fn, TrainConfig(num_steps=300, lr=0.05, optimizer="sgd", grad_clip=None,
+                                                        log_every=100), smoke, examples_per_step=64)
+    assert torch.allclose(model.weight.detach()[0], w_true, atol=1e-3)
+    assert hist.step == [100, 200, 300] and hist.loss[-1] < 1e-4 < hist.loss[0]
+    assert hist.examples_per_s > 0 and hist.mfu is None
+
+
+def test_grad_clipping_bounds_each_sgd_update(smoke):
+    w_true, batch_fn, loss_fn = _linear_problem()
+    model = torch.nn.Linear(4, 1, bias=False)
+    before = model.weight.detach().clone()
+    train(model, batch_fn, loss_fn, TrainConfig(num_steps=1, lr=0.1, optimizer="sgd", grad_clip=0.01),
+          smoke, examples_per_step=64)
+    assert (model.weight.detach() - before).norm() == pytest.approx(0.1 * 0.01, rel=1e-4)
+
+
+def test_eval_hooks_run_on_schedule_in_eval_mode(smoke):
+    _, batch_fn, loss_fn = _linear_problem()
+    model = torch.nn.Linear(4, 1, bias=False)
+    seen = []
+
+    def probe() -> float:
+        seen.append((model.training, torch.is_grad_enabled()))
+        return 1.0
+
+    hist = train(model, batch_fn, loss_fn, TrainConfig(num_steps=25, eval_every=10), smoke,
+                 examples_per_step=64, evals={"probe": probe})
+    assert [s for s, _ in hist.evals["probe"]] == [10, 20, 25]
+    assert set(seen) == {(False, False)} and hist.final("probe") == 1.0
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_to_the_same_weights(smoke):
+    full = resolve_full_cpu(smoke)
+    _, batch_fn, loss_fn = _linear_problem()
+    cfg = TrainConfig(num_steps=40, lr=0.01, schedule="cosine", checkpoint_every=10, log_every=10)
+
+    torch.manual_seed(0)
+    straight = torch.nn.Linear(4, 1)
+    h_straight = train(straight, batch_fn, loss_fn, cfg, full, examples_per_step=64, run_name="straight")
+
+    calls = {"n": 0}
+
+    def flaky(gen):
+        calls["n"] += 1
+        if calls["n"] == 26:  # dies during step 26: steps 1-20 are checkpointed
+            raise Interrupt
+        return batch_fn(gen)
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    with pytest.raises(Interrupt):
+        train(model, flaky, loss_fn, cfg, full, examples_per_step=64, run_name="resumable")
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    h = train(model, flaky, loss_fn, cfg, full, examples_per_step=64, run_name="resumable")
+    assert h.steps_run == 20  # resumed from step 20
+    assert torch.equal(model.weight, straight.weight) and torch.equal(model.bias, straight.bias)
+    assert h.loss == h_straight.loss
+
+    again = torch.nn.Linear(4, 1)
+    h_done = train(again, batch_fn, loss_fn, cfg, full, examples_per_step=64, run_name="resumable")
+    assert h_done.steps_run == 0 and torch.equal(again.weight, straight.weight)  # loaded, not retrained
+
+
+def resolve_full_cpu(smoke):
+    from ptmlib.profiles import resolve_profile
+
+    return resolve_profile("full", cuda_available=False, seed=smoke.seed)
+
+
+def test_smoke_runs_do_not_checkpoint(smoke, tmp_path):
+    from ptmlib.paths import cache_dir
+
+    _, batch_fn, loss_fn = _linear_problem()
+    train(torch.nn.Linear(4, 1), batch_fn, loss_fn, TrainConfig(num_steps=5), smoke, examples_per_step=64,
+          run_name="smoke-run")
+    assert not (cache_dir() / "checkpoints").exists()
+
+
+def test_history_throughput_line():
+    h = History(examples_per_s=1234.0, tokens_per_s=5000.0, mfu=0.25)
+    assert h.throughput() == "1,234 examples/s, 5,000 tokens/s, MFU 25.0%"
