@@ -3,6 +3,12 @@
 Chapters use it as `import ptmlib as ptm`: `ptm.setup(...)` resolves the profile, `ptm.train(...)`
 runs the book's one training loop, `ptm.Scorecard` records the claims.
 """
+import warnings
+
+from tqdm import TqdmWarning
+
+warnings.filterwarnings("ignore", category=TqdmWarning)  # tqdm.auto without ipywidgets, imported by transformers
+
 from ptmlib.claims import Claim, ClaimsFailed, Scorecard
 from ptmlib.profiles import PROFILES, Profile, resolve_profile, seed_everything, setup
 from ptmlib.train import History, TrainConfig, lr_multiplier, train

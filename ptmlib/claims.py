@@ -41,6 +41,9 @@ class Claim:
     seed: int
     paper_value: str  # the paper's own number, or "qualitative"
 
+    def __repr__(self) -> str:
+        return f"{self.id}: {fmt(self.measured)} {self.op} {fmt(self.threshold)} -> {'pass' if self.passed else 'FAIL'}"
+
 
 def fmt(x: float) -> str:
     """A number as the scorecard shows it: 4 significant digits."""

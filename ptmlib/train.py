@@ -110,6 +110,8 @@ class History:
 
     def throughput(self) -> str:
         """One line: examples/s (and tokens/s, MFU where known)."""
+        if self.steps_run == 0:
+            return "loaded from a finished checkpoint"
         parts = [f"{self.examples_per_s:,.0f} examples/s"]
         if self.tokens_per_s:
             parts.append(f"{self.tokens_per_s:,.0f} tokens/s")
@@ -232,9 +234,18 @@ def _checkpoint_folder(model: torch.nn.Module, cfg: TrainConfig, profile: Profil
     if run_name is None or not (profile.name == "full" or cfg.checkpoint_every > 0):
         return None
     shapes = [(n, tuple(p.shape)) for n, p in model.state_dict().items()]
-    key = json.dumps([asdict(cfg), profile.seed, shapes], sort_keys=True, default=str)
+    key = json.dumps([asdict(cfg), profile.seed, shapes, _code_version()], sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return cache_dir() / "checkpoints" / f"{run_name}-{digest}"
+
+
+def _code_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ptmlib")
+    except PackageNotFoundError:  # run from a source tree (PYTHONPATH), e.g. on a lent GPU machine
+        return "source"
 
 
 def _state(opt: torch.optim.Optimizer, sched: Any, gen: torch.Generator, hist: History) -> dict[str, Any]:

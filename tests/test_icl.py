@@ -152,3 +152,23 @@ def test_regression_gpt_predicts_y_i_from_earlier_points_only(pair_tokens):
         a, b = model(x, y), model(x, y2)
     assert a.shape == (4, 6)
     assert torch.allclose(a[:, :4], b[:, :4], atol=1e-6) and not torch.allclose(a[:, 4:], b[:, 4:])
+
+
+def test_relative_difference_and_normalized_errors():
+    from ptmlib.icl.compare import normalized_errors, relative_difference
+
+    b = torch.tensor([1.0, 2.0, 2.0])
+    assert relative_difference(b * 1.1, b) == pytest.approx(0.01)
+    pred = torch.zeros(2, 3)
+    y = torch.tensor([[1.0, 2.0, 0.0], [3.0, 0.0, 0.0]])
+    assert torch.allclose(normalized_errors(pred, y, d=2), torch.tensor([2.5, 1.0, 0.0]))
+
+
+def test_sensitivity_cosine_of_linear_predictors():
+    from ptmlib.icl.compare import sensitivity_cosine
+
+    u, v = torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0])
+    xq = torch.randn(5, 2)
+    assert sensitivity_cosine(lambda q: q @ u, lambda q: 3 * q @ u, xq) == pytest.approx(1.0)
+    assert sensitivity_cosine(lambda q: q @ u, lambda q: q @ v, xq) == pytest.approx(2**-0.5)
+    assert sensitivity_cosine(lambda q: q @ u, lambda q: -(q @ u), xq) == pytest.approx(-1.0)

@@ -137,5 +137,6 @@ def test_smoke_runs_do_not_checkpoint(smoke, tmp_path):
 
 
 def test_history_throughput_line():
-    h = History(examples_per_s=1234.0, tokens_per_s=5000.0, mfu=0.25)
+    h = History(examples_per_s=1234.0, tokens_per_s=5000.0, mfu=0.25, steps_run=10)
     assert h.throughput() == "1,234 examples/s, 5,000 tokens/s, MFU 25.0%"
+    assert History().throughput() == "loaded from a finished checkpoint"
