@@ -190,7 +190,8 @@ def train(
         if evals and (last or (cfg.eval_every and (step + 1) % cfg.eval_every == 0)):
             _run_evals(model, evals, step + 1, hist)
         if folder is not None and ((step + 1) % every == 0 or last):
-            save_checkpoint(folder, model, _state(opt, sched, gen, hist), step + 1, done=last)
+            wall = hist.wall_s + time.perf_counter() - t0
+            save_checkpoint(folder, model, _state(opt, sched, gen, hist, wall), step + 1, done=last)
     bar.close()
     if profile.is_cuda:
         torch.cuda.synchronize()
@@ -248,14 +249,15 @@ def _code_version() -> str:
         return "source"
 
 
-def _state(opt: torch.optim.Optimizer, sched: Any, gen: torch.Generator, hist: History) -> dict[str, Any]:
+def _state(opt: torch.optim.Optimizer, sched: Any, gen: torch.Generator, hist: History, wall_s: float
+           ) -> dict[str, Any]:
     state = {
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
         "data_rng": gen.get_state(),
         "torch_rng": torch.get_rng_state(),
         "history": {"step": hist.step, "loss": hist.loss, "lr": hist.lr,
-                    "evals": {k: [list(x) for x in v] for k, v in hist.evals.items()}, "wall_s": hist.wall_s},
+                    "evals": {k: [list(x) for x in v] for k, v in hist.evals.items()}, "wall_s": wall_s},
     }
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()

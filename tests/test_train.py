@@ -119,6 +119,7 @@ def test_interrupted_run_resumes_to_the_same_weights(smoke):
     again = torch.nn.Linear(4, 1)
     h_done = train(again, batch_fn, loss_fn, cfg, full, examples_per_step=64, run_name="resumable")
     assert h_done.steps_run == 0 and torch.equal(again.weight, straight.weight)  # loaded, not retrained
+    assert h_done.wall_s > 0 and h_done.loss == h_straight.loss
 
 
 def resolve_full_cpu(smoke):
