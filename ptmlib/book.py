@@ -120,7 +120,7 @@ def run_chapter(root: Path, chapter: str, out_dir: Path, params: Mapping[str, An
 
 
 def strip_volatile(path: Path) -> None:
-    """Drop run-dependent metadata (timestamps, durations, paths) from an executed notebook."""
+    """Drop run-dependent metadata (timestamps, durations, paths, random cell ids) from an executed notebook."""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
@@ -128,6 +128,8 @@ def strip_volatile(path: Path) -> None:
         nb.metadata.pop(key, None)
         for cell in nb.cells:
             cell.metadata.pop(key, None)
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"cell-{i}"  # jupytext draws random ids: fix them so re-blessing gives small diffs
     nbformat.write(nb, path)
 
 

@@ -8,6 +8,7 @@ throughput (and MFU on CUDA), and checkpoints that let an interrupted run resume
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -48,6 +49,7 @@ class TrainConfig:
     eval_every: int = 0  # run the eval hooks every this many steps (0: only at the end)
     checkpoint_every: int = 0  # 0: checkpoint only for the full profile, every ~10% of the run
     compile: bool = False  # torch.compile the model (CUDA only)
+    autocast: bool = True  # bf16 autocast where the profile has it (CUDA); off for precision-critical runs
 
     def __post_init__(self) -> None:
         if self.num_steps < 1:
@@ -168,7 +170,7 @@ def train(
     t0 = time.perf_counter()
     for step in range(start, cfg.num_steps):
         batch = batch_fn(gen)
-        with profile.autocast():
+        with profile.autocast() if cfg.autocast else contextlib.nullcontext():
             loss = loss_fn(fwd, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -141,3 +141,22 @@ def test_history_throughput_line():
     h = History(examples_per_s=1234.0, tokens_per_s=5000.0, mfu=0.25, steps_run=10)
     assert h.throughput() == "1,234 examples/s, 5,000 tokens/s, MFU 25.0%"
     assert History().throughput() == "loaded from a finished checkpoint"
+
+
+def test_autocast_follows_the_profile_and_can_be_switched_off(smoke):
+    from dataclasses import replace
+
+    bf16 = replace(smoke, autocast_dtype=torch.bfloat16)  # CPU autocast stands in for CUDA's here
+    _, batch_fn, _ = _linear_problem()
+    seen = []
+
+    def loss_fn(model, b):
+        out = model(b[0])
+        seen.append(out.dtype)
+        return out.float().pow(2).mean()
+
+    train(torch.nn.Linear(4, 1), batch_fn, loss_fn, TrainConfig(num_steps=1), bf16, examples_per_step=64)
+    train(torch.nn.Linear(4, 1), batch_fn, loss_fn, TrainConfig(num_steps=1, autocast=False), bf16,
+          examples_per_step=64)
+    train(torch.nn.Linear(4, 1), batch_fn, loss_fn, TrainConfig(num_steps=1), smoke, examples_per_step=64)
+    assert seen == [torch.bfloat16, torch.float32, torch.float32]
