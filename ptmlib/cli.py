@@ -91,6 +91,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         check_ids([args.chapter])
         if args.profile not in PROFILES:
             raise UsageError(f"unknown profile {args.profile!r}; allowed: {', '.join(PROFILES)}")
+        if args.seed < 0:
+            raise UsageError(f"seed must be a non-negative int, got {args.seed}")
         params = dict(parse_assignment(a) for a in args.params)
         params.update(profile=args.profile, seed=args.seed)
         try:

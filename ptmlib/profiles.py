@@ -15,7 +15,7 @@ import contextlib
 import os
 import random
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -173,17 +173,6 @@ def setup(
     if not quiet:
         print(prof.summary())
     return prof
-
-
-@contextlib.contextmanager
-def threads(n: int) -> Iterator[None]:
-    """Temporarily run torch on `n` intra-op threads."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _quiet_libraries() -> None:

@@ -37,6 +37,7 @@ def test_ptm_list_prints_chapter_ids_in_book_order(root, capsys, monkeypatch):
     (["run", "icl/linear_regression", "-p", "gpt_steps"], "malformed -p 'gpt_steps'"),
     (["run", "icl/linear_regression", "-p", "depth=3"], "unknown parameter(s) ['depth']"),
     (["run", "icl/linear_regression", "--seed", "x"], "invalid int value"),
+    (["run", "icl/linear_regression", "--seed", "-1"], "seed must be a non-negative int"),
     (["frobnicate"], "invalid choice"),
     (["bless", "icl/nope"], "unknown chapter"),
 ])
