@@ -44,6 +44,7 @@ def render(root: Path) -> str:
         out.append("\nNo chapter has recorded claims yet.\n")
     for chapter in order:
         out.append(f"\n## {chapter}\n")
+        out.append(f"Chapter: {{doc}}`chapters/{chapter}`\n")
         out.append("| Claim | Paper | Statement | Paper's number | Smoke | Full |")
         out.append("|---|---|---|---|---|---|")
         for claim_id, by_profile in table[chapter].items():
