@@ -17,7 +17,7 @@ from ptmlib.train import TrainConfig, lr_multiplier, make_optimizer, train
 def loop_overhead(num_steps: int = 300, repeats: int = 3) -> dict[str, float]:
     """Median wall time of `train` vs a hand-written loop (same model, data, optimizer, schedule, clipping)."""
     from ptmlib.icl.data import regression_prompts
-    from ptmlib.icl.transformer import RegressionGPT
+    from ptmlib.icl.transformer import RegressionGPT, regression_loss
 
     prof = setup("smoke", seed=0, quiet=True)
     cfg = TrainConfig(num_steps=num_steps, lr=3e-3, schedule="cosine", warmup_steps=20, log_every=50)
@@ -26,10 +26,6 @@ def loop_overhead(num_steps: int = 300, repeats: int = 3) -> dict[str, float]:
         x, y, _ = regression_prompts(64, 8, 3, 0.3, gen)
         return x, y
 
-    def loss_fn(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x, y = batch
-        return ((model(x, y) - y) ** 2).mean()
-
     def fresh() -> torch.nn.Module:
         torch.manual_seed(0)
         return RegressionGPT(3, 8, 32, 2, 2)
@@ -37,7 +33,7 @@ def loop_overhead(num_steps: int = 300, repeats: int = 3) -> dict[str, float]:
     def ours() -> float:
         model = fresh()
         t0 = time.perf_counter()
-        train(model, batch_fn, loss_fn, cfg, prof, examples_per_step=64, progress=False)
+        train(model, batch_fn, regression_loss, cfg, prof, examples_per_step=64, progress=False)
         return time.perf_counter() - t0
 
     def plain() -> float:
@@ -48,7 +44,7 @@ def loop_overhead(num_steps: int = 300, repeats: int = 3) -> dict[str, float]:
         gen = prof.generator(1000)
         t0 = time.perf_counter()
         for _ in range(cfg.num_steps):
-            loss = loss_fn(model, batch_fn(gen))
+            loss = regression_loss(model, batch_fn(gen))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

@@ -152,7 +152,7 @@ def train(
     hist = History()
     evals = dict(evals or {})
 
-    folder = _checkpoint_folder(model, cfg, profile, run_name)
+    folder = _checkpoint_folder(model, cfg, profile, run_name, (batch_fn, loss_fn))
     every = cfg.checkpoint_every or max(1, cfg.num_steps // 10)
     start = 0
     if folder is not None and (ckpt := load_checkpoint(folder, model)) is not None:
@@ -233,22 +233,29 @@ def _progress_enabled(progress: bool | None, profile: Profile) -> bool:
     return profile.name == "full" if progress is None else progress
 
 
-def _checkpoint_folder(model: torch.nn.Module, cfg: TrainConfig, profile: Profile, run_name: str | None) -> Path | None:
+def _checkpoint_folder(model: torch.nn.Module, cfg: TrainConfig, profile: Profile, run_name: str | None,
+                       fns: tuple[Callable[..., Any], ...]) -> Path | None:
     if run_name is None or not (profile.name == "full" or cfg.checkpoint_every > 0):
         return None
     shapes = [(n, tuple(p.shape)) for n, p in model.state_dict().items()]
-    key = json.dumps([asdict(cfg), profile.seed, shapes, _code_version()], sort_keys=True, default=str)
+    key = json.dumps([asdict(cfg), profile.seed, shapes, _code_version(fns)], sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return cache_dir() / "checkpoints" / f"{run_name}-{digest}"
 
 
-def _code_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("ptmlib")
-    except PackageNotFoundError:  # run from a source tree (PYTHONPATH), e.g. on a lent GPU machine
-        return "source"
+def _code_version(fns: tuple[Callable[..., Any], ...]) -> str:
+    """A digest of ptmlib's sources and of the chapter's data and loss functions' bytecode, so a
+    checkpoint written by other code is never resumed or loaded."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).resolve().parent.rglob("*.py")):
+        h.update(path.read_bytes())
+    for fn in fns:
+        code = getattr(fn, "__code__", None)
+        if code is not None:
+            h.update(code.co_code)
+            h.update(repr(code.co_names).encode())
+            h.update(repr([c for c in code.co_consts if not hasattr(c, "co_code")]).encode())
+    return h.hexdigest()
 
 
 def _state(opt: torch.optim.Optimizer, sched: Any, gen: torch.Generator, hist: History, wall_s: float

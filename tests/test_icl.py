@@ -172,3 +172,14 @@ def test_sensitivity_cosine_of_linear_predictors():
     assert sensitivity_cosine(lambda q: q @ u, lambda q: 3 * q @ u, xq) == pytest.approx(1.0)
     assert sensitivity_cosine(lambda q: q @ u, lambda q: q @ v, xq) == pytest.approx(2**-0.5)
     assert sensitivity_cosine(lambda q: q @ u, lambda q: -(q @ u), xq) == pytest.approx(-1.0)
+
+
+def test_regression_loss_is_the_mean_squared_error_over_all_positions():
+    from ptmlib.icl.transformer import regression_loss
+
+    torch.manual_seed(0)
+    model = RegressionGPT(d=2, n_points=4, n_embd=8, n_layer=1, n_head=2)
+    x, y, _ = prompts(b=3, n=4, d=2)
+    with torch.no_grad():
+        expected = torch.stack([(model(x, y)[b] - y[b]).pow(2) for b in range(3)]).mean()
+        assert torch.allclose(regression_loss(model, (x, y)), expected)

@@ -117,7 +117,7 @@ def test_interrupted_run_resumes_to_the_same_weights(smoke):
     assert h.loss == h_straight.loss
 
     again = torch.nn.Linear(4, 1)
-    h_done = train(again, batch_fn, loss_fn, cfg, full, examples_per_step=64, run_name="resumable")
+    h_done = train(again, flaky, loss_fn, cfg, full, examples_per_step=64, run_name="resumable")
     assert h_done.steps_run == 0 and torch.equal(again.weight, straight.weight)  # loaded, not retrained
     assert h_done.wall_s > 0 and h_done.loss == h_straight.loss
 
@@ -160,3 +160,19 @@ def test_autocast_follows_the_profile_and_can_be_switched_off(smoke):
           examples_per_step=64)
     train(torch.nn.Linear(4, 1), batch_fn, loss_fn, TrainConfig(num_steps=1), smoke, examples_per_step=64)
     assert seen == [torch.bfloat16, torch.float32, torch.float32]
+
+
+def test_checkpoints_of_other_code_are_not_reused(smoke):
+    full = resolve_full_cpu(smoke)
+    w_true, batch_fn, loss_fn = _linear_problem()
+    cfg = TrainConfig(num_steps=5, checkpoint_every=5)
+    train(torch.nn.Linear(4, 1), batch_fn, loss_fn, cfg, full, examples_per_step=64, run_name="run")
+
+    def other_loss(model, b):  # a changed loss: the finished checkpoint must not be loaded
+        x, y = b
+        return (model(x).squeeze(-1) - 2 * y).pow(2).mean()
+
+    h = train(torch.nn.Linear(4, 1), batch_fn, other_loss, cfg, full, examples_per_step=64, run_name="run")
+    assert h.steps_run == 5
+    h = train(torch.nn.Linear(4, 1), batch_fn, loss_fn, cfg, full, examples_per_step=64, run_name="run")
+    assert h.steps_run == 0  # same code, same config: loaded

@@ -42,3 +42,9 @@ class RegressionGPT(nn.Module):
         """Predictions of every y_i from the points before it: (B, n)."""
         h = self.backbone(inputs_embeds=self.read_in(interleave(x, y, self.pair_tokens))).last_hidden_state  # (B, 2n, C)
         return self.read_out(h[:, 0::2]).squeeze(-1)
+
+
+def regression_loss(model: RegressionGPT, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Mean squared error of the predictions of every y_i in a batch of prompts (x (B, n, d), y (B, n))."""
+    x, y = batch
+    return ((model(x, y) - y) ** 2).mean()
