@@ -31,3 +31,9 @@ def sensitivity_cosine(f: QueryFn, g: QueryFn, x_q: torch.Tensor) -> float:
 def normalized_errors(pred: torch.Tensor, y: torch.Tensor, d: int) -> torch.Tensor:
     """Squared error per prompt position divided by the dimension d (Garg et al.): (B, n) -> (n,)."""
     return ((pred - y) ** 2).mean(0) / d
+
+
+def prediction_gap(a: torch.Tensor, b: torch.Tensor, d: int) -> float:
+    """Mean squared difference between two predictors' outputs divided by d (Raventos et al.'s
+    Delta between a model and a reference estimator, averaged over prompts and positions)."""
+    return float(((a - b) ** 2).mean()) / d

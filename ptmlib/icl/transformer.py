@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ptmlib.ensemble import EnsembleTransformer
 from ptmlib.models import tiny_gpt2_backbone
 
 
@@ -48,3 +49,25 @@ def regression_loss(model: RegressionGPT, batch: tuple[torch.Tensor, torch.Tenso
     """Mean squared error of the predictions of every y_i in a batch of prompts (x (B, n, d), y (B, n))."""
     x, y = batch
     return ((model(x, y) - y) ** 2).mean()
+
+
+class EnsembleRegressionGPT(nn.Module):
+    """E regression transformers trained side by side (`ptmlib.ensemble`), each on its own prompts.
+
+    Same prompt format and read-out as `RegressionGPT`: x (E, B, n, d), y (E, B, n) -> predictions
+    (E, B, n) of every y_i from the i - 1 points before it. Prompts without the member axis,
+    x (B, n, d) and y (B, n), are shown to every member.
+    """
+
+    def __init__(self, E: int, d: int, n_points: int, width: int, n_layer: int, n_head: int,
+                 pair_tokens: bool = True) -> None:
+        super().__init__()
+        self.pair_tokens = pair_tokens
+        self.net = EnsembleTransformer(E, d + 1, 1, width, n_layer, n_head, max_len=2 * n_points)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 3:
+            x, y = x.expand(self.net.E, *x.shape), y.expand(self.net.E, *y.shape)
+        E, B, n, d = x.shape
+        z = interleave(x.reshape(E * B, n, d), y.reshape(E * B, n), self.pair_tokens).reshape(E, B, 2 * n, d + 1)
+        return self.net(z, causal=True)[:, :, 0::2, 0]  # read out at the x-tokens

@@ -1,0 +1,115 @@
+"""A batched ensemble of small pre-LN transformers: E independent models evaluated as one computation.
+
+Experiments that train the same architecture on E different data distributions (task diversity for
+M = 2, 8, 32, ... tasks; a PFN per prior) are E training runs. At the sizes of this book each run is
+too small to keep a CPU or GPU busy, so Python overhead dominates; stacking the E models' weights
+into (E, ...) tensors runs all of them with the same number of kernel launches as one. Members share
+nothing: each has its own weights, sees its own batch, and (with a summed loss and Adam) gets exactly
+the update it would get alone.
+
+Shapes: E members, B sequences each, T tokens, C = width, H heads. Inputs (E, B, T, d_in) ->
+outputs (E, B, T, d_out). The block is GPT-2's: x + attn(ln_1(x)), then x + mlp(ln_2(x)), GELU MLP
+(tanh form, GPT-2's `gelu_new`) of width 4C, a final LayerNorm, learned positions (optional: a PFN must not see positions).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ELinear(nn.Module):
+    """E independent linear maps: (E, N, fan_in) -> (E, N, fan_out)."""
+
+    def __init__(self, E: int, fan_in: int, fan_out: int, std: float = 0.02) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(E, fan_in, fan_out) * std)
+        self.bias = nn.Parameter(torch.zeros(E, 1, fan_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class ELayerNorm(nn.Module):
+    """E independent LayerNorms over the last dimension: (E, N, C) -> (E, N, C)."""
+
+    def __init__(self, E: int, C: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(E, 1, C))
+        self.bias = nn.Parameter(torch.zeros(E, 1, C))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:]) * self.weight + self.bias
+
+
+class EBlock(nn.Module):
+    """One pre-LN transformer block for E members; x is (E, B, T, C)."""
+
+    def __init__(self, E: int, C: int, H: int, n_layer: int) -> None:
+        super().__init__()
+        self.H = H
+        proj_std = 0.02 / math.sqrt(2 * n_layer)  # GPT-2's scaled init of residual projections
+        self.ln_1, self.ln_2 = ELayerNorm(E, C), ELayerNorm(E, C)
+        self.qkv = ELinear(E, C, 3 * C)
+        self.proj = ELinear(E, C, C, std=proj_std)
+        self.fc = ELinear(E, C, 4 * C)
+        self.fc_out = ELinear(E, 4 * C, C, std=proj_std)
+
+    def attn(self, x: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+        E, B, T, C = x.shape
+        q, k, v = self.qkv(x.reshape(E, B * T, C)).split(C, dim=-1)  # each (E, B*T, C)
+        q, k, v = (t.reshape(E * B, T, self.H, C // self.H).transpose(1, 2) for t in (q, k, v))  # (E*B, H, T, hd)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)  # (E*B, H, T, hd)
+        y = y.transpose(1, 2).reshape(E, B * T, C)
+        return self.proj(y).reshape(E, B, T, C)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+        E, B, T, C = x.shape
+        x = x + self.attn(self.ln_1(x.reshape(E, B * T, C)).reshape(E, B, T, C), mask, causal)
+        h = self.ln_2(x.reshape(E, B * T, C))
+        return x + self.fc_out(F.gelu(self.fc(h), approximate="tanh")).reshape(E, B, T, C)
+
+
+class EnsembleTransformer(nn.Module):
+    """E transformers with a linear read-in and read-out: (E, B, T, d_in) -> (E, B, T, d_out).
+
+    `max_len` > 0 adds learned position embeddings (a sequence model); `max_len` = 0 leaves the
+    model permutation-equivariant (a set model, as a PFN needs). `forward` takes either
+    `causal=True` or a boolean `mask` (T, T) where True means "may attend".
+    """
+
+    def __init__(self, E: int, d_in: int, d_out: int, width: int, n_layer: int, n_head: int,
+                 max_len: int = 0) -> None:
+        super().__init__()
+        if width % n_head:
+            raise ValueError(f"width {width} is not divisible by n_head {n_head}")
+        self.E = E
+        self.read_in = ELinear(E, d_in, width)
+        self.pos = nn.Parameter(torch.randn(E, 1, max_len, width) * 0.01) if max_len else None
+        self.blocks = nn.ModuleList(EBlock(E, width, n_head, n_layer) for _ in range(n_layer))
+        self.ln_f = ELayerNorm(E, width)
+        self.read_out = ELinear(E, width, d_out)
+
+    def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+        E, B, T, _ = z.shape
+        x = self.hidden(z, mask, causal)[-1]  # (E, B, T, C)
+        return self.read_out(self.ln_f(x.reshape(E, B * T, -1))).reshape(E, B, T, -1)
+
+    def hidden(self, z: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False) -> list[torch.Tensor]:
+        """The residual stream after the read-in and after every block: n_layer + 1 tensors (E, B, T, C)."""
+        E, B, T, _ = z.shape
+        x = self.read_in(z.reshape(E, B * T, -1)).reshape(E, B, T, -1)
+        if self.pos is not None:
+            x = x + self.pos[:, :, :T]
+        states = [x]
+        for block in self.blocks:
+            x = block(x, mask, causal)
+            states.append(x)
+        return states
+
+
+def member_state(model: nn.Module, e: int) -> dict[str, torch.Tensor]:
+    """The weights of member e, shaped like those of an ensemble of one (for saving or comparison)."""
+    return {k: v[e:e + 1].clone() for k, v in model.state_dict().items()}

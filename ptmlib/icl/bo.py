@@ -1,0 +1,109 @@
+"""Constrained Bayesian optimisation on [0, 1] with a GP or a PFN surrogate (Picard & Ahmed 2024).
+
+Minimise f(x) subject to g(x) <= 0, both black boxes, over a grid of candidates. Each step fits the
+surrogate to the observations of f and of g and evaluates the candidate that maximises constrained
+expected improvement, EI_f(x) * P(g(x) <= 0) (Gardner et al. 2014); until a feasible point is found
+it maximises the probability of feasibility alone. Observations are standardised before they reach
+the surrogate, which was built for a zero-mean, unit-scale prior.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from ptmlib.icl.bars import BarDistribution
+from ptmlib.icl.gp import gp_posterior
+
+
+class Surrogate(Protocol):
+    def improvement_and_cdf(self, x: torch.Tensor, y: torch.Tensor, x_q: torch.Tensor, best: float, threshold: float
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """For standardised data x (k, 1), y (k,) and candidates x_q (m, 1): EI below `best` (m,) and P(y <= threshold) (m,)."""
+        ...
+
+
+def gaussian_ei(mean: torch.Tensor, std: torch.Tensor, best: float) -> torch.Tensor:
+    """Closed-form E[max(best - Y, 0)] for Y ~ N(mean, std^2)."""
+    z = (best - mean) / std
+    normal = torch.distributions.Normal(0.0, 1.0)
+    return (best - mean) * normal.cdf(z) + std * torch.exp(normal.log_prob(z))
+
+
+@dataclass
+class GPSurrogate:
+    lengthscale: float
+    noise_var: float
+
+    def improvement_and_cdf(self, x, y, x_q, best, threshold):
+        mean, var = gp_posterior(x[None], y[None], x_q[None], self.lengthscale, 1.0, self.noise_var)
+        std = var[0].clamp_min(1e-12).sqrt()
+        return gaussian_ei(mean[0], std, best), torch.distributions.Normal(mean[0], std).cdf(torch.tensor(threshold))
+
+
+@dataclass
+class PFNSurrogate:
+    model: torch.nn.Module  # a PFN of one member (or `member` selects one)
+    bars: BarDistribution
+    member: int = 0
+
+    @torch.no_grad()
+    def improvement_and_cdf(self, x, y, x_q, best, threshold):
+        logits = self.model(x[None], y[None], x_q[None])[self.member, 0].float()  # (m, K)
+        return self.bars.expected_improvement(logits, best), self.bars.cdf(logits, torch.full((len(x_q),), threshold, device=x_q.device))
+
+
+@dataclass
+class BOResult:
+    best_feasible: list[float] = field(default_factory=list)  # best feasible f after each evaluation (inf if none)
+    seconds: float = 0.0  # time spent in the surrogate and the acquisition
+
+
+def _standardise(v: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+    mu, sd = float(v.mean()), float(v.std()) if len(v) > 1 else 1.0
+    sd = sd if sd > 1e-6 else 1.0
+    return (v - mu) / sd, mu, sd
+
+
+def constrained_bo(f: torch.Tensor, g: torch.Tensor, grid: torch.Tensor, surrogate: Surrogate | None,
+                   n_init: int, n_iter: int, gen: torch.Generator) -> BOResult:
+    """Run BO on tabulated black boxes f, g (m,) over grid (m, 1); `surrogate=None` is random search."""
+    chosen = torch.randperm(len(grid), generator=gen, device=gen.device)[:n_init].tolist()
+    res = BOResult()
+    for step in range(n_init + n_iter):
+        if step >= n_init:
+            t0 = time.perf_counter()
+            idx = torch.tensor(chosen, device=grid.device)
+            if surrogate is None:
+                free = torch.ones(len(grid), dtype=torch.bool, device=grid.device)
+                free[idx] = False
+                cand = free.nonzero().squeeze(1)
+                pick = int(cand[torch.randint(len(cand), (1,), generator=gen, device=gen.device)])
+            else:
+                fy, mu, sd = _standardise(f[idx])
+                gy, gmu, gsd = _standardise(g[idx])
+                feasible = g[idx] <= 0
+                best = float((fy[feasible]).min()) if feasible.any() else math.inf
+                ei, _ = surrogate.improvement_and_cdf(grid[idx], fy, grid, best, 0.0) if feasible.any() else (None, None)
+                _, pof = surrogate.improvement_and_cdf(grid[idx], gy, grid, 0.0, (0.0 - gmu) / gsd)
+                score = ei * pof if ei is not None else pof
+                score[idx] = -1.0  # never re-evaluate
+                pick = int(score.argmax())
+            res.seconds += time.perf_counter() - t0
+            chosen.append(pick)
+        seen = torch.tensor(chosen[: step + 1], device=f.device)
+        fs, gs = f[seen], g[seen]
+        ok = gs <= 0
+        res.best_feasible.append(float(fs[ok].min()) if ok.any() else math.inf)
+    return res
+
+
+def sample_functions(n: int, grid: torch.Tensor, lengthscale: float, gen: torch.Generator) -> torch.Tensor:
+    """n noiseless functions from the GP prior tabulated on grid (m, 1): (n, m)."""
+    from ptmlib.icl.gp import rbf_kernel
+
+    cov = rbf_kernel(grid[None], grid[None], lengthscale)[0] + 1e-5 * torch.eye(len(grid), device=grid.device)
+    return (torch.linalg.cholesky(cov) @ torch.randn(len(grid), n, generator=gen, device=gen.device)).T

@@ -1,0 +1,72 @@
+"""The batched ensemble: each member is an ordinary pre-LN transformer, and members are independent."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ptmlib.ensemble import EBlock, EnsembleTransformer, member_state
+
+
+def test_block_equals_pytorch_encoder_layer_for_every_member():
+    torch.manual_seed(0)
+    E, B, T, C, H = 3, 2, 7, 16, 4
+    block = EBlock(E, C, H, n_layer=2)
+    for p in block.parameters():  # non-trivial LayerNorm affines and biases too
+        nn.init.normal_(p, std=0.3)
+    x = torch.randn(E, B, T, C)
+    causal = torch.nn.Transformer.generate_square_subsequent_mask(T)
+    ours = block(x, None, causal=True)
+    for e in range(E):
+        ref = nn.TransformerEncoderLayer(C, H, 4 * C, dropout=0.0, activation=lambda t: F.gelu(t, approximate="tanh"),
+                                         batch_first=True, norm_first=True)
+        with torch.no_grad():
+            ref.self_attn.in_proj_weight.copy_(block.qkv.weight[e].T)
+            ref.self_attn.in_proj_bias.copy_(block.qkv.bias[e, 0])
+            ref.self_attn.out_proj.weight.copy_(block.proj.weight[e].T)
+            ref.self_attn.out_proj.bias.copy_(block.proj.bias[e, 0])
+            ref.linear1.weight.copy_(block.fc.weight[e].T)
+            ref.linear1.bias.copy_(block.fc.bias[e, 0])
+            ref.linear2.weight.copy_(block.fc_out.weight[e].T)
+            ref.linear2.bias.copy_(block.fc_out.bias[e, 0])
+            for ln, mine in ((ref.norm1, block.ln_1), (ref.norm2, block.ln_2)):
+                ln.weight.copy_(mine.weight[e, 0])
+                ln.bias.copy_(mine.bias[e, 0])
+        ref.eval()
+        assert torch.allclose(ours[e], ref(x[e], src_mask=causal, is_causal=True), atol=1e-5)
+
+
+def test_members_are_independent_and_gradients_do_not_leak():
+    torch.manual_seed(1)
+    model = EnsembleTransformer(4, 3, 2, width=16, n_layer=2, n_head=2, max_len=6)
+    z = torch.randn(4, 5, 6, 3)
+    out = model(z, causal=True)
+    z2 = z.clone()
+    z2[2] += 1.0  # change member 2's inputs only
+    out2 = model(z2, causal=True)
+    assert torch.equal(out[[0, 1, 3]], out2[[0, 1, 3]]) and not torch.allclose(out[2], out2[2])
+    out[1].sum().backward()
+    for p in model.parameters():
+        assert p.grad[[0, 2, 3]].abs().max() == 0 and p.grad[1].abs().max() > 0
+
+
+def test_member_of_an_ensemble_equals_an_ensemble_of_one():
+    torch.manual_seed(2)
+    big = EnsembleTransformer(3, 3, 2, width=16, n_layer=2, n_head=2, max_len=6)
+    one = EnsembleTransformer(1, 3, 2, width=16, n_layer=2, n_head=2, max_len=6)
+    one.load_state_dict(member_state(big, 1))
+    z = torch.randn(3, 4, 6, 3)
+    assert torch.allclose(big(z, causal=True)[1], one(z[1:2], causal=True)[0], atol=1e-6)
+
+
+def test_causal_outputs_ignore_the_future_and_set_models_ignore_order():
+    torch.manual_seed(3)
+    seq = EnsembleTransformer(2, 3, 1, width=16, n_layer=2, n_head=2, max_len=8)
+    z = torch.randn(2, 3, 8, 3)
+    z2 = z.clone()
+    z2[:, :, 5:] = torch.randn(2, 3, 3, 3)
+    assert torch.allclose(seq(z, causal=True)[:, :, :5], seq(z2, causal=True)[:, :, :5], atol=1e-6)
+    # without positions and with a mask that only looks at the first 4 tokens, permuting them changes nothing
+    sets = EnsembleTransformer(2, 3, 1, width=16, n_layer=2, n_head=2, max_len=0)
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[:, :4] = True
+    perm = torch.tensor([2, 0, 3, 1, 4, 5, 6, 7])
+    assert torch.allclose(sets(z, mask=mask)[:, :, 4:], sets(z[:, :, perm], mask=mask)[:, :, 4:], atol=1e-5)
