@@ -53,9 +53,10 @@ class Profile:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
-    def generator(self, offset: int = 0) -> torch.Generator:
-        """A torch generator on the profile's device seeded with `seed + offset` (separate streams)."""
-        gen = torch.Generator(device=self.device)
+    def generator(self, offset: int = 0, device: str | torch.device | None = None) -> torch.Generator:
+        """A torch generator seeded with `seed + offset` (separate streams), on the profile's device unless
+        `device` is given (CPU-bound work such as small L-BFGS fits stays on the CPU in every profile)."""
+        gen = torch.Generator(device=self.device if device is None else device)
         gen.manual_seed(self.seed + offset)
         return gen
 

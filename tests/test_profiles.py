@@ -85,3 +85,9 @@ def test_generator_offsets_are_independent_streams(smoke):
     a = torch.randn(4, generator=smoke.generator(0))
     assert torch.equal(a, torch.randn(4, generator=smoke.generator(0)))
     assert not torch.equal(a, torch.randn(4, generator=smoke.generator(1)))
+
+
+def test_generator_device_override_keeps_the_seed(smoke):
+    gen = smoke.generator(3, device="cpu")
+    assert gen.device.type == "cpu" and gen.initial_seed() == smoke.seed + 3
+    assert torch.equal(torch.randn(3, generator=gen), torch.randn(3, generator=smoke.generator(3)))

@@ -41,7 +41,7 @@ class GPSurrogate:
     def improvement_and_cdf(self, x, y, x_q, best, threshold):
         mean, var = gp_posterior(x[None], y[None], x_q[None], self.lengthscale, 1.0, self.noise_var)
         std = var[0].clamp_min(1e-12).sqrt()
-        return gaussian_ei(mean[0], std, best), torch.distributions.Normal(mean[0], std).cdf(torch.tensor(threshold))
+        return gaussian_ei(mean[0], std, best), torch.distributions.Normal(mean[0], std).cdf(torch.tensor(threshold, device=std.device))
 
 
 @dataclass
