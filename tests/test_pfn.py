@@ -132,3 +132,35 @@ def test_constrained_bo_with_the_true_gp_finds_the_constrained_minimum():
     assert np.all(np.diff(vals[np.isfinite(vals)]) <= 0)
     fs = sample_functions(5, grid, 0.2, gen(12))
     assert fs.shape == (5, 100)
+
+
+def test_tuned_mass_damper_reaches_den_hartogs_equal_peak_optimum():
+    from ptmlib.icl.bo import tuned_mass_damper
+
+    mu = 0.05
+    zeta_opt = math.sqrt(3 * mu / (8 * (1 + mu) ** 3))
+    amp, _ = tuned_mass_damper(torch.tensor([zeta_opt]), mu)
+    assert amp.item() == pytest.approx(math.sqrt(1 + 2 / mu), rel=0.02)
+    zetas = torch.logspace(-2, 0, 200)
+    amp, stroke = tuned_mass_damper(zetas, mu)
+    assert abs(zetas[amp.argmin()].item() - zeta_opt) < 0.03  # the best damping is near Den Hartog's
+    assert amp[0] > 3 * amp.min() and amp[-1] > 2 * amp.min()  # too little and too much damping both hurt
+    assert stroke[0] > stroke[100] > 0  # more damping, less stroke
+
+
+def test_mean_regret_is_zero_for_an_oracle_start_and_ignores_infeasible_runs():
+    from ptmlib.icl.bo import mean_regret
+
+    grid = torch.linspace(0, 1, 50).unsqueeze(-1)
+    f = (grid[:, 0] - 0.3) ** 2
+    g = grid[:, 0] - 0.5
+    curve, seconds = mean_regret([(f, g)], grid, None, n_init=50, n_iter=0, gens=[gen(0)])
+    assert curve[-1] == pytest.approx(0.0) and seconds == 0.0
+    # problem B is feasible at one grid point only, which its single random start misses: that run has no
+    # feasible point yet and is left out, so the mean is problem A's regret alone
+    first = int(torch.randperm(50, generator=gen(2))[0])
+    g_b = torch.ones(50)
+    g_b[(first + 1) % 50] = -1.0
+    f_a, g_a = torch.full((50,), 0.5), -torch.ones(50)
+    curve, _ = mean_regret([(f_a, g_a), (f, g_b)], grid, None, 1, 0, [gen(1), gen(2)])
+    assert curve == [0.0]

@@ -107,3 +107,37 @@ def sample_functions(n: int, grid: torch.Tensor, lengthscale: float, gen: torch.
 
     cov = rbf_kernel(grid[None], grid[None], lengthscale)[0] + 1e-5 * torch.eye(len(grid), device=grid.device)
     return (torch.linalg.cholesky(cov) @ torch.randn(len(grid), n, generator=gen, device=gen.device)).T
+
+
+def mean_regret(problems: list[tuple[torch.Tensor, torch.Tensor]], grid: torch.Tensor, surrogate: Surrogate | None,
+                n_init: int, n_iter: int, gens: list[torch.Generator]) -> tuple[list[float], float]:
+    """Mean regret after each evaluation (best feasible f found minus the true constrained minimum, over
+    the runs that have found a feasible point) across problems (f, g), and the total surrogate time in s."""
+    runs, seconds = [], 0.0
+    for (f, g), gen in zip(problems, gens):
+        res = constrained_bo(f, g, grid, surrogate, n_init, n_iter, gen)
+        best = f[g <= 0].min().item()
+        runs.append([v - best if math.isfinite(v) else math.nan for v in res.best_feasible])
+        seconds += res.seconds
+    table = torch.tensor(runs, dtype=torch.float64)  # (problems, evaluations)
+    return torch.nanmean(table, 0).tolist(), seconds
+
+
+def tuned_mass_damper(zeta: torch.Tensor, mass_ratio: float = 0.05, n_freq: int = 4000) -> tuple[torch.Tensor, torch.Tensor]:
+    """A toy engineering design: a tuned mass damper (Den Hartog 1956) on an undamped unit oscillator.
+
+    The damper (mass mu, tuned to the optimal frequency ratio 1 / (1 + mu), damping ratio `zeta`) is
+    attached to the main mass; a harmonic force drives the main mass. Returns, for each zeta, the peak
+    dynamic amplification of the main mass and the peak stroke of the damper (relative displacement),
+    both over forcing frequencies 0.5..1.6 (per unit static deflection). Too little damping leaves two
+    resonant peaks; too much locks the damper to the mass; the optimum (Den Hartog) has a peak
+    amplification of about sqrt(1 + 2 / mu).
+    """
+    w = torch.linspace(0.5, 1.6, n_freq, dtype=torch.float64, device=zeta.device)  # forcing frequency / natural frequency
+    mu, tune = mass_ratio, 1 / (1 + mass_ratio)
+    spring_damper = mu * tune**2 + 2j * zeta.double().unsqueeze(-1) * mu * tune * w  # (n, F) complex stiffness of the damper link
+    a11 = 1.0 + spring_damper - w**2
+    a22 = spring_damper - mu * w**2
+    det = a11 * a22 - spring_damper**2
+    x_main, x_damper = a22 / det, spring_damper / det
+    return x_main.abs().amax(-1), (x_main - x_damper).abs().amax(-1)
