@@ -164,3 +164,21 @@ def test_mean_regret_is_zero_for_an_oracle_start_and_ignores_infeasible_runs():
     f_a, g_a = torch.full((50,), 0.5), -torch.ones(50)
     curve, _ = mean_regret([(f_a, g_a), (f, g_b)], grid, None, 1, 0, [gen(1), gen(2)])
     assert curve == [0.0]
+
+
+def test_constrained_ei_is_feasibility_alone_until_a_feasible_point_is_seen():
+    from ptmlib.icl.bo import constrained_ei
+
+    sur = GPSurrogate(0.3, 1e-3)
+    x = torch.tensor([[0.1], [0.5], [0.9]])
+    cand = torch.linspace(0, 1, 11).unsqueeze(-1)
+    f_obs = torch.tensor([1.0, 0.0, 2.0])
+    g_infeasible = torch.tensor([1.0, 2.0, 0.5])
+    g_std = g_infeasible.std()
+    pof = sur.prob_below(x, (g_infeasible - g_infeasible.mean()) / g_std, cand, float(-g_infeasible.mean() / g_std))
+    assert torch.allclose(constrained_ei(sur, x, f_obs, g_infeasible, cand), pof)
+    g_mixed = torch.tensor([-1.0, 1.0, -0.5])  # points 0 and 2 feasible: the incumbent is f = 1.0
+    fy = (f_obs - f_obs.mean()) / f_obs.std()
+    gy = (g_mixed - g_mixed.mean()) / g_mixed.std()
+    want = sur.prob_below(x, gy, cand, float(-g_mixed.mean() / g_mixed.std())) * sur.expected_improvement(x, fy, cand, float(fy[0]))
+    assert torch.allclose(constrained_ei(sur, x, f_obs, g_mixed, cand), want)

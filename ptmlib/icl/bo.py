@@ -20,9 +20,14 @@ from ptmlib.icl.gp import gp_posterior
 
 
 class Surrogate(Protocol):
-    def improvement_and_cdf(self, x: torch.Tensor, y: torch.Tensor, x_q: torch.Tensor, best: float, threshold: float
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
-        """For standardised data x (k, 1), y (k,) and candidates x_q (m, 1): EI below `best` (m,) and P(y <= threshold) (m,)."""
+    """A predictive model fitted to standardised data x (k, 1), y (k,), queried at candidates x_q (m, 1)."""
+
+    def expected_improvement(self, x: torch.Tensor, y: torch.Tensor, x_q: torch.Tensor, best: float) -> torch.Tensor:
+        """E[max(best - y(x_q), 0)]: (m,)."""
+        ...
+
+    def prob_below(self, x: torch.Tensor, y: torch.Tensor, x_q: torch.Tensor, threshold: float) -> torch.Tensor:
+        """P(y(x_q) <= threshold): (m,)."""
         ...
 
 
@@ -38,10 +43,16 @@ class GPSurrogate:
     lengthscale: float
     noise_var: float
 
-    def improvement_and_cdf(self, x, y, x_q, best, threshold):
+    def _predict(self, x, y, x_q):
         mean, var = gp_posterior(x[None], y[None], x_q[None], self.lengthscale, 1.0, self.noise_var)
-        std = var[0].clamp_min(1e-12).sqrt()
-        return gaussian_ei(mean[0], std, best), torch.distributions.Normal(mean[0], std).cdf(torch.tensor(threshold, device=std.device))
+        return mean[0], var[0].clamp_min(1e-12).sqrt()
+
+    def expected_improvement(self, x, y, x_q, best):
+        return gaussian_ei(*self._predict(x, y, x_q), best)
+
+    def prob_below(self, x, y, x_q, threshold):
+        mean, std = self._predict(x, y, x_q)
+        return torch.distributions.Normal(mean, std).cdf(torch.tensor(threshold, device=std.device))
 
 
 @dataclass
@@ -51,9 +62,27 @@ class PFNSurrogate:
     member: int = 0
 
     @torch.no_grad()
-    def improvement_and_cdf(self, x, y, x_q, best, threshold):
-        logits = self.model(x[None], y[None], x_q[None])[self.member, 0].float()  # (m, K)
-        return self.bars.expected_improvement(logits, best), self.bars.cdf(logits, torch.full((len(x_q),), threshold, device=x_q.device))
+    def _logits(self, x, y, x_q):
+        return self.model(x[None], y[None], x_q[None])[self.member, 0].float()  # (m, K)
+
+    def expected_improvement(self, x, y, x_q, best):
+        return self.bars.expected_improvement(self._logits(x, y, x_q), best)
+
+    def prob_below(self, x, y, x_q, threshold):
+        return self.bars.cdf(self._logits(x, y, x_q), torch.full((len(x_q),), threshold, device=x_q.device))
+
+
+def constrained_ei(surrogate: Surrogate, x: torch.Tensor, f_obs: torch.Tensor, g_obs: torch.Tensor,
+                   candidates: torch.Tensor) -> torch.Tensor:
+    """EI_f(x) * P(g(x) <= 0) at the candidates, from standardised observations; P(g(x) <= 0) alone while
+    no feasible point is known."""
+    gy, g_mean, g_std = _standardise(g_obs)
+    score = surrogate.prob_below(x, gy, candidates, -g_mean / g_std)
+    feasible = g_obs <= 0
+    if feasible.any():
+        fy, _, _ = _standardise(f_obs)
+        score = score * surrogate.expected_improvement(x, fy, candidates, float(fy[feasible].min()))
+    return score
 
 
 @dataclass
@@ -83,13 +112,7 @@ def constrained_bo(f: torch.Tensor, g: torch.Tensor, grid: torch.Tensor, surroga
                 cand = free.nonzero().squeeze(1)
                 pick = int(cand[torch.randint(len(cand), (1,), generator=gen, device=gen.device)])
             else:
-                fy, mu, sd = _standardise(f[idx])
-                gy, gmu, gsd = _standardise(g[idx])
-                feasible = g[idx] <= 0
-                best = float((fy[feasible]).min()) if feasible.any() else math.inf
-                ei, _ = surrogate.improvement_and_cdf(grid[idx], fy, grid, best, 0.0) if feasible.any() else (None, None)
-                _, pof = surrogate.improvement_and_cdf(grid[idx], gy, grid, 0.0, (0.0 - gmu) / gsd)
-                score = ei * pof if ei is not None else pof
+                score = constrained_ei(surrogate, grid[idx], f[idx], g[idx], grid)
                 score[idx] = -1.0  # never re-evaluate
                 pick = int(score.argmax())
             res.seconds += time.perf_counter() - t0
