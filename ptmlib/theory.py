@@ -23,7 +23,8 @@ class GaussianNaiveBayes:
 
     @classmethod
     def fit(cls, x: torch.Tensor, y: torch.Tensor, var_floor: float = 1e-3) -> "GaussianNaiveBayes":
-        """Maximum-likelihood fit; a class missing from the sample gets the other's mean."""
+        """Maximum-likelihood means and variances; Laplace-smoothed class priors; a class missing from the
+        sample gets the overall mean."""
         means = torch.stack([x[y == c].mean(0) if (y == c).any() else x.mean(0) for c in (0, 1)])
         resid = x - means[y.long()]
         counts = torch.stack([(y == c).sum() for c in (0, 1)]).to(x.dtype)
