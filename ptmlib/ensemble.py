@@ -113,3 +113,9 @@ class EnsembleTransformer(nn.Module):
 def member_state(model: nn.Module, e: int) -> dict[str, torch.Tensor]:
     """The weights of member e, shaped like those of an ensemble of one (for saving or comparison)."""
     return {k: v[e:e + 1].clone() for k, v in model.state_dict().items()}
+
+
+def stack_members(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The inverse of `member_state`: the state of an ensemble whose member e has the weights states[e]
+    (each shaped like an ensemble of one)."""
+    return {k: torch.cat([s[k] for s in states]) for k in states[0]}

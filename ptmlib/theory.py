@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -62,6 +63,12 @@ def logistic_loss(w: torch.Tensor, xb: torch.Tensor, y: torch.Tensor, l2: float)
 
 def logistic_predict(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return ((x @ w[:-1] + w[-1]) > 0).long()
+
+
+def logistic_classifier(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-2) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Fit `logistic_regression` and return its predict function (a learner for `learning_curves`)."""
+    w = logistic_regression(x, y, l2)
+    return lambda x_new: logistic_predict(w, x_new)
 
 
 def redundant_feature_classes(n: int, gen: torch.Generator, copies: int = 3, independent: int = 60,
@@ -134,3 +141,22 @@ def samples_to_reach(ns: list[int], errors: list[float], target: float) -> float
             frac = (e0 - target) / (e0 - e)
             return float(math.exp(math.log(n0) + frac * (math.log(n) - math.log(n0))))
     return math.inf
+
+
+Learner = Callable[[torch.Tensor, torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
+
+
+def learning_curves(sample: Callable[[int], tuple[torch.Tensor, torch.Tensor]], learners: dict[str, Learner],
+                    sizes: list[int], repeats: int, x_test: torch.Tensor, y_test: torch.Tensor) -> dict[str, list[float]]:
+    """Mean test error of each learner against the training-set size: for every n, `repeats` training
+    sets drawn by `sample(n)`, each shared by all learners. A learner maps (x, y) to a predict function."""
+    errors: dict[str, list[float]] = {name: [] for name in learners}
+    for n in sizes:
+        runs: dict[str, list[float]] = {name: [] for name in learners}
+        for _ in range(repeats):
+            x, y = sample(n)
+            for name, fit in learners.items():
+                runs[name].append(float((fit(x, y)(x_test) != y_test).float().mean()))
+        for name in learners:
+            errors[name].append(sum(runs[name]) / repeats)
+    return errors

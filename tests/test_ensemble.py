@@ -70,3 +70,17 @@ def test_causal_outputs_ignore_the_future_and_set_models_ignore_order():
     mask[:, :4] = True
     perm = torch.tensor([2, 0, 3, 1, 4, 5, 6, 7])
     assert torch.allclose(sets(z, mask=mask)[:, :, 4:], sets(z[:, :, perm], mask=mask)[:, :, 4:], atol=1e-5)
+
+
+def test_stack_members_inverts_member_state():
+    from ptmlib.ensemble import stack_members
+
+    torch.manual_seed(4)
+    a, b = EnsembleTransformer(2, 3, 2, 16, 1, 2, max_len=4), EnsembleTransformer(1, 3, 2, 16, 1, 2, max_len=4)
+    three = EnsembleTransformer(3, 3, 2, 16, 1, 2, max_len=4)
+    three.load_state_dict(stack_members([member_state(a, 1), member_state(b, 0), member_state(a, 0)]))
+    z = torch.randn(3, 2, 4, 3)
+    out = three(z, causal=True)
+    pair = lambda i: z[i:i + 1].expand(2, -1, -1, -1)
+    assert torch.allclose(out[0], a(pair(0), causal=True)[1]) and torch.allclose(out[1], b(z[1:2], causal=True)[0])
+    assert torch.allclose(out[2], a(pair(2), causal=True)[0])

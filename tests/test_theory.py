@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ptmlib.procedural import count_accuracy, count_logits, counting_batch
-from ptmlib.theory import (GaussianNaiveBayes, latent_factor_data, linear_probe, logistic_loss, logistic_predict,
+from ptmlib.theory import (GaussianNaiveBayes, latent_factor_data, linear_probe, logistic_classifier, logistic_loss, logistic_predict,
                            logistic_regression, pca, redundant_feature_classes, samples_to_reach)
 
 
@@ -36,6 +36,7 @@ def test_logistic_regression_reaches_the_regularised_optimum():
     assert grad.abs().max() < 1e-6  # stationary point of a strictly convex objective = the optimum
     # and it classifies as well as the Bayes rule would on this easy problem
     assert (logistic_predict(w.detach(), x) == y).float().mean() > 0.7
+    assert torch.equal(logistic_classifier(x, y, l2=0.1)(x), logistic_predict(w.detach(), x))
 
 
 def test_naive_bayes_beats_logistic_regression_early_and_loses_late():
@@ -98,3 +99,22 @@ def test_counting_batches_and_accuracy():
     assert count_accuracy(_PerfectCounter(2, 10), x, y).item() == 1.0
     assert count_accuracy(_PerfectCounter(1, 10), x, y).item() < 0.5
     assert count_logits(_PerfectCounter(2, 10), x).shape == (1, 200, 11)
+
+
+def test_learning_curves_share_training_sets_and_average_errors():
+    from ptmlib.theory import learning_curves
+
+    x_test = torch.arange(10.0).unsqueeze(1)
+    y_test = (x_test[:, 0] >= 5).long()
+    seen = []
+
+    def sample(n):
+        seen.append(n)
+        return torch.zeros(n, 1), torch.zeros(n, dtype=torch.long)
+
+    learners = {"right": lambda x, y: (lambda q: (q[:, 0] >= 5).long()),
+                "always 0": lambda x, y: (lambda q: torch.zeros(len(q), dtype=torch.long)),
+                "size-aware": lambda x, y: (lambda q: (q[:, 0] >= len(x)).long())}
+    curves = learning_curves(sample, learners, [3, 5], 2, x_test, y_test)
+    assert seen == [3, 3, 5, 5]  # one draw per repeat, shared by the learners
+    assert curves == {"right": [0.0, 0.0], "always 0": [0.5, 0.5], "size-aware": [pytest.approx(0.2), 0.0]}
