@@ -77,30 +77,37 @@ class EnsembleTransformer(nn.Module):
 
     `max_len` > 0 adds learned position embeddings (a sequence model); `max_len` = 0 leaves the
     model permutation-equivariant (a set model, as a PFN needs). `forward` takes either
-    `causal=True` or a boolean `mask` (T, T) where True means "may attend".
+    `causal=True` or a boolean `mask` (T, T) where True means "may attend" (or (E*B, 1, T, T): one
+    mask per sequence, member-major). With `vocab_size` > 0 the input is token ids (E, B, T) read
+    through an embedding table (d_in is then ignored).
     """
 
     def __init__(self, E: int, d_in: int, d_out: int, width: int, n_layer: int, n_head: int,
-                 max_len: int = 0) -> None:
+                 max_len: int = 0, vocab_size: int = 0) -> None:
         super().__init__()
         if width % n_head:
             raise ValueError(f"width {width} is not divisible by n_head {n_head}")
         self.E = E
-        self.read_in = ELinear(E, d_in, width)
+        # a language model reads token ids (E, B, T) through an embedding table instead of a linear read-in
+        self.embed = nn.Parameter(torch.randn(E, vocab_size, width) * 0.02) if vocab_size else None
+        self.read_in = None if vocab_size else ELinear(E, d_in, width)
         self.pos = nn.Parameter(torch.randn(E, 1, max_len, width) * 0.01) if max_len else None
         self.blocks = nn.ModuleList(EBlock(E, width, n_head, n_layer) for _ in range(n_layer))
         self.ln_f = ELayerNorm(E, width)
         self.read_out = ELinear(E, width, d_out)
 
     def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
-        E, B, T, _ = z.shape
+        E, B, T = z.shape[:3]
         x = self.hidden(z, mask, causal)[-1]  # (E, B, T, C)
         return self.read_out(self.ln_f(x.reshape(E, B * T, -1))).reshape(E, B, T, -1)
 
     def hidden(self, z: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False) -> list[torch.Tensor]:
         """The residual stream after the read-in and after every block: n_layer + 1 tensors (E, B, T, C)."""
-        E, B, T, _ = z.shape
-        x = self.read_in(z.reshape(E, B * T, -1)).reshape(E, B, T, -1)
+        E, B, T = z.shape[:3]
+        if self.embed is not None:
+            x = self.embed[torch.arange(E, device=z.device)[:, None, None], z]  # (E, B, T, C)
+        else:
+            x = self.read_in(z.reshape(E, B * T, -1)).reshape(E, B, T, -1)
         if self.pos is not None:
             x = x + self.pos[:, :, :T]
         states = [x]

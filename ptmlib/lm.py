@@ -1,0 +1,126 @@
+"""Training several small language models side by side: one `EnsembleTransformer` with a token
+embedding, member e trained on its own objective's `LMBatch`.
+
+Shapes: E members, B rows, L positions, V vocabulary. `stack` pads E batches to a common length and
+builds one attention mask per row; `member_losses` returns each member's own mean loss (E,), whose
+sum gives every member exactly the gradient it would get alone. `member_adamw_step` applies AdamW
+with a different learning rate per member (AdamW's update is linear in the learning rate given its
+moment estimates, so one optimizer step with lr = 1 followed by a per-member rescaling is exact).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ptmlib.ensemble import EnsembleTransformer
+from ptmlib.objectives import IGNORE, LMBatch, attention_mask, pad_batches
+from ptmlib.text import PAD
+
+
+def ensemble_lm(E: int, vocab_size: int, width: int, n_layer: int, n_head: int, max_len: int) -> EnsembleTransformer:
+    """E GPT-2-style language models (token ids (E, B, L) -> logits (E, B, L, V)), untied read-out."""
+    return EnsembleTransformer(E, 0, vocab_size, width, n_layer, n_head, max_len=max_len, vocab_size=vocab_size)
+
+
+def _pad_rows(b: LMBatch, B: int) -> LMBatch:
+    extra = B - b.inputs.shape[0]
+    if extra == 0:
+        return b
+    return LMBatch(F.pad(b.inputs, (0, 0, 0, extra), value=PAD), F.pad(b.targets, (0, 0, 0, extra), value=IGNORE),
+                   F.pad(b.prefix, (0, extra), value=0))
+
+
+def stack(batches: list[LMBatch]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """E batches -> inputs (E, B, L), targets (E, B, L), mask (E*B, 1, L, L); batches with fewer rows
+    than the largest are padded with unscored rows."""
+    B = max(b.inputs.shape[0] for b in batches)
+    flat = pad_batches([_pad_rows(b, B) for b in batches])  # (E*B, L), member-major
+    L = flat.inputs.shape[1]
+    E = len(batches)
+    return flat.inputs.view(E, B, L), flat.targets.view(E, B, L), attention_mask(flat.prefix, L)
+
+
+def member_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of each member over its scored positions: logits (E, B, L, V) -> (E,)."""
+    E, V = logits.shape[0], logits.shape[-1]
+    nll = F.cross_entropy(logits.reshape(-1, V).float(), targets.reshape(-1), ignore_index=IGNORE,
+                          reduction="none").view(E, -1)
+    counts = (targets.view(E, -1) != IGNORE).sum(1).clamp(min=1)
+    return nll.sum(1) / counts
+
+
+def evaluate(model: EnsembleTransformer, batches: list[LMBatch]) -> torch.Tensor:
+    """Each member's loss (E,) on its own batch, without gradients."""
+    device = next(model.parameters()).device
+    inputs, targets, mask = (t.to(device) for t in stack(batches))
+    with torch.no_grad():
+        return scored_losses(model, inputs, targets, mask).cpu()
+
+
+def member_evals(model: EnsembleTransformer, sets: dict[str, list[LMBatch]],
+                 members: list[str]) -> dict[str, Callable[[], float]]:
+    """Eval hooks for `ptmlib.train`: one per (metric, member), named 'metric/member'. Each metric's
+    E losses come from one stacked forward pass, computed when the first member's hook is called
+    (`train` calls hooks in order) and read by the others."""
+    memo: dict[str, torch.Tensor] = {}
+
+    def hook(metric: str, e: int) -> Callable[[], float]:
+        def fn() -> float:
+            if e == 0:
+                memo[metric] = evaluate(model, sets[metric])
+            return float(memo[metric][e])
+        return fn
+
+    return {f"{metric}/{name}": hook(metric, e) for metric in sets for e, name in enumerate(members)}
+
+
+def pooled_features(model: EnsembleTransformer, ids: torch.Tensor, bidirectional: list[bool],
+                    chunk: int = 256) -> torch.Tensor:
+    """Mean of the final (normalised) hidden states over each row's non-PAD tokens, for every member:
+    ids (N, L) right-padded -> (E, N, C). Member e reads bidirectionally or causally (`bidirectional[e]`)."""
+    device = next(model.parameters()).device
+    E = len(bidirectional)
+    out = []
+    with torch.no_grad():
+        for rows in ids.split(chunk):
+            N, L = rows.shape
+            lengths = (rows != PAD).sum(1)
+            prefix = torch.stack([lengths if bi else torch.zeros_like(lengths) for bi in bidirectional])  # (E, N)
+            mask = attention_mask(prefix.flatten(), L).to(device)
+            h = model.hidden(rows.to(device).expand(E, N, L), mask)[-1]
+            h = model.ln_f(h.reshape(E, N * L, -1)).reshape(E, N, L, -1)
+            keep = (rows != PAD).to(device)[None, :, :, None].float()
+            out.append(((h * keep).sum(2) / keep.sum(2).clamp(min=1)).cpu())
+    return torch.cat(out, 1)
+
+
+def member_adamw_step(opt: torch.optim.AdamW, lrs: torch.Tensor) -> None:
+    """One AdamW step where member e (the leading axis of every parameter) uses learning rate lrs[e].
+
+    `opt` must have lr = 1 in every group. A member with lr 0 does not move.
+    """
+    params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+    before = [p.detach().clone() for p in params]
+    opt.step()
+    with torch.no_grad():
+        for p, p0 in zip(params, before):
+            scale = lrs.to(p.device, p.dtype).view(-1, *([1] * (p.dim() - 1)))
+            p.copy_(p0 + scale * (p - p0))
+
+
+def scored_losses(model: EnsembleTransformer, inputs: torch.Tensor, targets: torch.Tensor,
+                  mask: torch.Tensor) -> torch.Tensor:
+    """Same as `member_losses(model(inputs, mask=mask), targets)`, but the read-out (the costliest
+    matmul at a large vocabulary) is applied only to the scored positions of each member."""
+    E, B, L = inputs.shape
+    h = model.hidden(inputs, mask)[-1].reshape(E, B * L, -1)
+    h = model.ln_f(h)
+    flat_t = targets.reshape(E, B * L)
+    losses = []
+    for e in range(E):
+        keep = flat_t[e] != IGNORE
+        logits = torch.addmm(model.read_out.bias[e], h[e, keep], model.read_out.weight[e])  # (n_e, V)
+        losses.append(F.cross_entropy(logits.float(), flat_t[e, keep]))
+    return torch.stack(losses)

@@ -1,0 +1,58 @@
+"""The standard-library corpus and its BPE tokenizer: deterministic, split cleanly, lossless."""
+from collections import Counter
+
+import torch
+
+from ptmlib import text
+
+
+def test_split_is_a_stable_hash_with_the_stated_proportions():
+    ids = [f"doc{i}" for i in range(20000)]
+    splits = Counter(text.split_of(i) for i in ids)
+    assert abs(splits["train"] / 20000 - 0.90) < 0.01
+    assert abs(splits["val"] / 20000 - 0.05) < 0.006
+    assert [text.split_of(i) for i in ids[:50]] == [text.split_of(i) for i in ids[:50]]
+
+
+def test_corpus_splits_are_disjoint_and_deterministic():
+    c = text.corpus()
+    ids = {k: [d.id for d in v] for k, v in c.items()}
+    assert len(ids["train"]) > 4000 and len(ids["val"]) > 100 and len(ids["test"]) > 100
+    assert not set(ids["train"]) & set(ids["val"]) and not set(ids["train"]) & set(ids["test"])
+    assert all(text.split_of(i) == k for k, v in ids.items() for i in v)
+    assert [d.id for d in text.corpus()["val"]] == ids["val"]
+    assert any(d.module == "reference" for d in c["train"])  # the language reference is in
+    assert all(len(d.text) >= text.MIN_CHARS for v in c.values() for d in v)
+
+
+def test_tokenizer_round_trips_and_fixes_the_special_ids():
+    tok = text.tokenizer(1024)
+    assert tok.get_vocab_size() == 1024
+    for i, name in enumerate(text.SPECIALS):
+        assert tok.token_to_id(name) == i
+    for d in text.corpus()["test"][:50]:
+        assert tok.decode(tok.encode(d.text).ids) == d.text
+    assert tok.decode(tok.encode("naïve café → λ").ids) == "naïve café → λ"  # bytes, not characters
+
+
+def test_training_the_tokenizer_is_deterministic():
+    texts = [d.text for d in text.corpus()["val"]]
+    a, b = text.train_tokenizer(texts, 400), text.train_tokenizer(texts, 400)
+    assert a.get_vocab() == b.get_vocab()
+
+
+def test_stream_has_one_eos_per_document_and_chunks_are_windows():
+    stream = text.token_stream("val")
+    assert int((stream == text.EOS).sum()) == len(text.corpus()["val"])
+    g = torch.Generator().manual_seed(0)
+    chunks = text.random_chunks(stream, 8, 32, g)
+    for row in chunks:
+        hits = [s for s in range(len(stream) - 31) if torch.equal(stream[s:s + 32], row)]
+        assert hits
+
+
+def test_labelled_docs_are_balanced_when_capped():
+    ids, y, names = text.labelled_docs("train", 8, 48, per_class=15)
+    assert len(names) == 8 and "reference" not in names
+    assert torch.equal(torch.bincount(y, minlength=8), torch.full((8,), 15))
+    assert ids.shape == (120, 48) and (ids[:, 0] != text.PAD).all()
