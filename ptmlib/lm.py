@@ -124,3 +124,16 @@ def scored_losses(model: EnsembleTransformer, inputs: torch.Tensor, targets: tor
         logits = torch.addmm(model.read_out.bias[e], h[e, keep], model.read_out.weight[e])  # (n_e, V)
         losses.append(F.cross_entropy(logits.float(), flat_t[e, keep]))
     return torch.stack(losses)
+
+
+def block_params(model: EnsembleTransformer) -> int:
+    """Parameters of one member's transformer blocks (no embeddings, positions or read-out)."""
+    return sum(p[0].numel() for p in model.blocks.parameters())
+
+
+def step_flops(model: EnsembleTransformer, batch: LMBatch) -> float:
+    """Training FLOPs (forward + backward) of one member on `batch`, by the 6 * params * tokens rule:
+    every input position pays for the blocks, only scored positions pay for the read-out
+    (`scored_losses`). Attention's L^2 term is left out (small at these lengths)."""
+    width, vocab = model.read_out.weight.shape[1:]
+    return 6.0 * (block_params(model) * batch.inputs.numel() + width * vocab * batch.scored())

@@ -293,3 +293,9 @@ def infill_eval(ids: torch.Tensor, start: int, length: int, style: str) -> LMBat
         return span_corruption(ids, torch.Generator(), noise=noise, mode=MODE_R if style == "R" else None,
                                score_sentinels=False)
     raise ValueError(f"unknown style {style!r}; allowed: causal, prefix, mlm, span, R")
+
+
+def seq2seq_prefix_lm(ids: torch.Tensor, split: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prefix LM for an encoder-decoder: the encoder reads ids[:, :split], the decoder predicts
+    ids[:, split:] (the labels; the model shifts them right behind its start token)."""
+    return ids[:, :split], ids[:, split:]
