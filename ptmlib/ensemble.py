@@ -79,11 +79,12 @@ class EnsembleTransformer(nn.Module):
     model permutation-equivariant (a set model, as a PFN needs). `forward` takes either
     `causal=True` or a boolean `mask` (T, T) where True means "may attend" (or (E*B, 1, T, T): one
     mask per sequence, member-major). With `vocab_size` > 0 the input is token ids (E, B, T) read
-    through an embedding table (d_in is then ignored).
+    through an embedding table (d_in is then ignored). `alibi=True` replaces position embeddings by
+    ALiBi's distance penalty on the attention scores.
     """
 
     def __init__(self, E: int, d_in: int, d_out: int, width: int, n_layer: int, n_head: int,
-                 max_len: int = 0, vocab_size: int = 0) -> None:
+                 max_len: int = 0, vocab_size: int = 0, alibi: bool = False) -> None:
         super().__init__()
         if width % n_head:
             raise ValueError(f"width {width} is not divisible by n_head {n_head}")
@@ -92,6 +93,8 @@ class EnsembleTransformer(nn.Module):
         self.embed = nn.Parameter(torch.randn(E, vocab_size, width) * 0.02) if vocab_size else None
         self.read_in = None if vocab_size else ELinear(E, d_in, width)
         self.pos = nn.Parameter(torch.randn(E, 1, max_len, width) * 0.01) if max_len else None
+        # ALiBi (MosaicBERT's choice): no position embeddings; head h adds -slope_h * |i - j| to its scores
+        self.register_buffer("slopes", 2.0 ** (-8.0 * torch.arange(1, n_head + 1) / n_head) if alibi else None)
         self.blocks = nn.ModuleList(EBlock(E, width, n_head, n_layer) for _ in range(n_layer))
         self.ln_f = ELayerNorm(E, width)
         self.read_out = ELinear(E, width, d_out)
@@ -110,11 +113,26 @@ class EnsembleTransformer(nn.Module):
             x = self.read_in(z.reshape(E, B * T, -1)).reshape(E, B, T, -1)
         if self.pos is not None:
             x = x + self.pos[:, :, :T]
+        if self.slopes is not None:
+            mask, causal = alibi_mask(self.slopes, T, mask, causal, x.device), False
         states = [x]
         for block in self.blocks:
             x = block(x, mask, causal)
             states.append(x)
         return states
+
+
+def alibi_mask(slopes: torch.Tensor, T: int, mask: torch.Tensor | None, causal: bool,
+               device: torch.device) -> torch.Tensor:
+    """ALiBi's additive attention bias -slope_h * |i - j| (H, T, T), combined with a boolean or causal
+    mask into one float mask: (1, H, T, T), or (N, H, T, T) for a per-sequence mask (N, 1, T, T)."""
+    i = torch.arange(T, device=device)
+    bias = -slopes.to(device)[:, None, None] * (i[None, :] - i[:, None]).abs()[None].float()  # (H, T, T)
+    if causal:
+        mask = (i[None, :] <= i[:, None])
+    if mask is None:
+        return bias[None]
+    return bias[None] + torch.zeros(mask.shape, device=device).masked_fill(~mask, float("-inf"))
 
 
 def member_state(model: nn.Module, e: int) -> dict[str, torch.Tensor]:

@@ -19,9 +19,12 @@ from ptmlib.objectives import IGNORE, LMBatch, attention_mask, pad_batches
 from ptmlib.text import PAD
 
 
-def ensemble_lm(E: int, vocab_size: int, width: int, n_layer: int, n_head: int, max_len: int) -> EnsembleTransformer:
-    """E GPT-2-style language models (token ids (E, B, L) -> logits (E, B, L, V)), untied read-out."""
-    return EnsembleTransformer(E, 0, vocab_size, width, n_layer, n_head, max_len=max_len, vocab_size=vocab_size)
+def ensemble_lm(E: int, vocab_size: int, width: int, n_layer: int, n_head: int, max_len: int = 0,
+                alibi: bool = False) -> EnsembleTransformer:
+    """E GPT-2-style language models (token ids (E, B, L) -> logits (E, B, L, V)), untied read-out;
+    learned positions up to `max_len`, or ALiBi (`alibi=True`, no length limit)."""
+    return EnsembleTransformer(E, 0, vocab_size, width, n_layer, n_head, max_len=0 if alibi else max_len,
+                               vocab_size=vocab_size, alibi=alibi)
 
 
 def _pad_rows(b: LMBatch, B: int) -> LMBatch:

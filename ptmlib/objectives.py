@@ -298,4 +298,4 @@ def infill_eval(ids: torch.Tensor, start: int, length: int, style: str) -> LMBat
 def seq2seq_prefix_lm(ids: torch.Tensor, split: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Prefix LM for an encoder-decoder: the encoder reads ids[:, :split], the decoder predicts
     ids[:, split:] (the labels; the model shifts them right behind its start token)."""
-    return ids[:, :split], ids[:, split:]
+    return ids[:, :split].contiguous(), ids[:, split:].contiguous()

@@ -39,7 +39,8 @@ class TrainConfig:
     lr: float = 1e-3
     schedule: str = "constant"  # constant | cosine | wsd
     warmup_steps: int = 0
-    decay_frac: float = 0.2  # wsd: the last fraction of steps decays linearly to min_lr_ratio
+    decay_frac: float = 0.2  # wsd: the last fraction of steps decays to min_lr_ratio
+    decay_shape: str = "linear"  # wsd: "linear", or "sqrt" (1 - sqrt(progress), Hagele et al.'s choice)
     min_lr_ratio: float = 0.0  # cosine and wsd end at lr * min_lr_ratio
     optimizer: str = "adamw"  # adamw | adam | sgd
     weight_decay: float = 0.0
@@ -58,6 +59,8 @@ class TrainConfig:
             raise ValueError(f"unknown schedule {self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
+        if self.decay_shape not in ("linear", "sqrt"):
+            raise ValueError(f"unknown decay_shape {self.decay_shape!r}; allowed: linear, sqrt")
         if not 0 <= self.decay_frac <= 1 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError("decay_frac and min_lr_ratio must lie in [0, 1]")
 
@@ -66,8 +69,8 @@ def lr_multiplier(step: int, cfg: TrainConfig) -> float:
     """Factor applied to `cfg.lr` at optimizer step `step` (0-based).
 
     Linear warmup over `warmup_steps`, then: constant 1; cosine from 1 to `min_lr_ratio` at the last
-    step; or warmup-stable-decay (WSD): 1 until the last `decay_frac` of steps, then linear to
-    `min_lr_ratio` at the last step.
+    step; or warmup-stable-decay (WSD): 1 until the last `decay_frac` of steps, then down to
+    `min_lr_ratio` at the last step (linearly, or as 1 - sqrt(progress) with `decay_shape="sqrt"`).
     """
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
@@ -81,7 +84,8 @@ def lr_multiplier(step: int, cfg: TrainConfig) -> float:
     decay_start = max(cfg.warmup_steps, last - round(cfg.decay_frac * cfg.num_steps))
     if step <= decay_start:
         return 1.0
-    return 1 - (1 - lo) * (step - decay_start) / (last - decay_start)
+    progress = (step - decay_start) / (last - decay_start)
+    return 1 - (1 - lo) * (progress if cfg.decay_shape == "linear" else math.sqrt(progress))
 
 
 def make_optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:

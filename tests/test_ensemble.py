@@ -84,3 +84,33 @@ def test_stack_members_inverts_member_state():
     pair = lambda i: z[i:i + 1].expand(2, -1, -1, -1)
     assert torch.allclose(out[0], a(pair(0), causal=True)[1]) and torch.allclose(out[1], b(z[1:2], causal=True)[0])
     assert torch.allclose(out[2], a(pair(2), causal=True)[0])
+
+
+def test_alibi_mask_is_the_distance_penalty_plus_the_visibility_mask():
+    from ptmlib.ensemble import alibi_mask
+
+    slopes = torch.tensor([0.5, 0.25])
+    m = alibi_mask(slopes, 4, None, causal=True, device=torch.device("cpu"))[0]
+    for h in range(2):
+        for i in range(4):
+            for j in range(4):
+                expected = -float(slopes[h]) * abs(i - j) if j <= i else float("-inf")
+                assert float(m[h, i, j]) == expected
+    per_seq = torch.ones(3, 1, 4, 4, dtype=torch.bool)
+    per_seq[1, :, :, 3] = False
+    m = alibi_mask(slopes, 4, per_seq, causal=False, device=torch.device("cpu"))
+    assert m.shape == (3, 2, 4, 4) and torch.isinf(m[1, :, :, 3]).all() and torch.isfinite(m[0]).all()
+
+
+def test_alibi_model_is_translation_invariant_and_has_no_positions():
+    torch.manual_seed(0)
+    m = EnsembleTransformer(1, 0, 7, 16, 2, 2, vocab_size=7, alibi=True)
+    assert m.pos is None
+    x = torch.randint(0, 7, (1, 2, 6))
+    y = m(torch.cat([x, x], 2), causal=True)  # the second copy sees the first: outputs differ
+    # bidirectional mask restricted to a window: a window's outputs do not depend on where it sits
+    mask = torch.zeros(12, 12, dtype=torch.bool)
+    mask[:6, :6] = mask[6:, 6:] = True
+    z = m(torch.cat([x, x], 2), mask=mask)
+    assert torch.allclose(z[..., :6, :], z[..., 6:, :], atol=1e-5)
+    assert not torch.allclose(y[..., :6, :], y[..., 6:, :], atol=1e-3)

@@ -176,3 +176,11 @@ def test_checkpoints_of_other_code_are_not_reused(smoke):
     assert h.steps_run == 5
     h = train(torch.nn.Linear(4, 1), batch_fn, loss_fn, cfg, full, examples_per_step=64, run_name="run")
     assert h.steps_run == 0  # same code, same config: loaded
+
+
+def test_wsd_sqrt_decay_and_bad_shape():
+    cfg = TrainConfig(num_steps=11, schedule="wsd", decay_frac=0.5, decay_shape="sqrt")
+    assert lr_multiplier(5, cfg) == 1.0 and lr_multiplier(10, cfg) == 0.0
+    assert lr_multiplier(6, cfg) == pytest.approx(1 - (1 / 5) ** 0.5)
+    with pytest.raises(ValueError, match="decay_shape"):
+        TrainConfig(num_steps=5, decay_shape="cubic")
