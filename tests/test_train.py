@@ -180,7 +180,8 @@ def test_checkpoints_of_other_code_are_not_reused(smoke):
 
 def test_wsd_sqrt_decay_and_bad_shape():
     cfg = TrainConfig(num_steps=11, schedule="wsd", decay_frac=0.5, decay_shape="sqrt")
-    assert lr_multiplier(5, cfg) == 1.0 and lr_multiplier(10, cfg) == 0.0
-    assert lr_multiplier(6, cfg) == pytest.approx(1 - (1 / 5) ** 0.5)
+    # decay starts at step 10 - round(5.5) = 4 and reaches 0 at step 10
+    assert lr_multiplier(4, cfg) == 1.0 and lr_multiplier(10, cfg) == 0.0
+    assert lr_multiplier(5, cfg) == pytest.approx(1 - (1 / 6) ** 0.5)
     with pytest.raises(ValueError, match="decay_shape"):
         TrainConfig(num_steps=5, decay_shape="cubic")
