@@ -99,16 +99,20 @@ class EnsembleTransformer(nn.Module):
         self.ln_f = ELayerNorm(E, width)
         self.read_out = ELinear(E, width, d_out)
 
-    def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False,
+                table: torch.Tensor | None = None) -> torch.Tensor:
         E, B, T = z.shape[:3]
-        x = self.hidden(z, mask, causal)[-1]  # (E, B, T, C)
+        x = self.hidden(z, mask, causal, table)[-1]  # (E, B, T, C)
         return self.read_out(self.ln_f(x.reshape(E, B * T, -1))).reshape(E, B, T, -1)
 
-    def hidden(self, z: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False) -> list[torch.Tensor]:
-        """The residual stream after the read-in and after every block: n_layer + 1 tensors (E, B, T, C)."""
+    def hidden(self, z: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False,
+               table: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The residual stream after the read-in and after every block: n_layer + 1 tensors (E, B, T, C).
+        `table` (E, V, C) replaces the model's own embedding table (for embeddings shared between models)."""
         E, B, T = z.shape[:3]
         if self.embed is not None:
-            x = self.embed[torch.arange(E, device=z.device)[:, None, None], z]  # (E, B, T, C)
+            emb = self.embed if table is None else table
+            x = emb[torch.arange(E, device=z.device)[:, None, None], z]  # (E, B, T, C)
         else:
             x = self.read_in(z.reshape(E, B * T, -1)).reshape(E, B, T, -1)
         if self.pos is not None:

@@ -114,11 +114,13 @@ def member_adamw_step(opt: torch.optim.AdamW, lrs: torch.Tensor) -> None:
 
 
 def scored_losses(model: EnsembleTransformer, inputs: torch.Tensor, targets: torch.Tensor,
-                  mask: torch.Tensor) -> torch.Tensor:
-    """Same as `member_losses(model(inputs, mask=mask), targets)`, but the read-out (the costliest
-    matmul at a large vocabulary) is applied only to the scored positions of each member."""
+                  mask: torch.Tensor | None, causal: bool = False) -> torch.Tensor:
+    """Same as `member_losses(model(inputs, mask=mask, causal=causal), targets)`, but the read-out (the
+    costliest matmul at a large vocabulary) is applied only to the scored positions of each member.
+    For plain causal LM pass mask=None, causal=True: the fused causal attention kernel is much faster
+    than an explicit mask."""
     E, B, L = inputs.shape
-    h = model.hidden(inputs, mask)[-1].reshape(E, B * L, -1)
+    h = model.hidden(inputs, mask, causal)[-1].reshape(E, B * L, -1)
     h = model.ln_f(h)
     flat_t = targets.reshape(E, B * L)
     losses = []

@@ -51,14 +51,13 @@ def _objective(theta: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np.n
 
 
 def fit_scaling_law(N: np.ndarray, D: np.ndarray, L: np.ndarray, delta: float = 1e-3,
-                    grid: dict[str, list[float]] | None = None, polish: int = 4, fix_E: float | None = None) -> ScalingFit:
+                    grid: dict[str, list[float]] | None = None, polish: int = 2, fix_E: float | None = None) -> ScalingFit:
     """Fit Chinchilla's L(N, D) from every start in `grid` (keys e, a, alpha, b, beta; e, a, b are logs
     of E, A, B): all starts descend together with Adam (one batched computation), then the `polish`
     best are refined by L-BFGS; the lowest objective wins. `fix_E` holds E at a known value (the
     entropy rate of a synthetic source) and fits the other four parameters."""
     logN, logD, logL = (np.log(np.asarray(v, dtype=float)) for v in (N, D, L))
-    grid = grid or {"e": [-1.0, 0.0, 0.5], "a": [0.0, 5.0, 10.0], "alpha": [0.2, 0.5, 1.0],
-                    "b": [0.0, 5.0, 10.0], "beta": [0.2, 0.5, 1.0]}
+    grid = grid or {"e": [-1.0, 0.0, 0.5], "a": [0.0, 5.0], "alpha": [0.3, 1.0], "b": [0.0, 10.0], "beta": [0.3, 1.0]}
     if fix_E is not None:
         grid = {**grid, "e": [math.log(fix_E)]}
     starts = torch.tensor(list(itertools.product(*(grid[k] for k in ("e", "a", "alpha", "b", "beta")))),
@@ -75,7 +74,7 @@ def fit_scaling_law(N: np.ndarray, D: np.ndarray, L: np.ndarray, delta: float = 
 
     theta = starts.clone().requires_grad_(True)
     opt = torch.optim.Adam([theta], lr=0.05)
-    for _ in range(300):
+    for _ in range(200):
         opt.zero_grad()
         objective(theta).sum().backward()
         theta.grad *= free
@@ -87,7 +86,7 @@ def fit_scaling_law(N: np.ndarray, D: np.ndarray, L: np.ndarray, delta: float = 
         order = objective(theta).argsort()[:polish].tolist()
     for i in order:  # polish: the starts are independent, so L-BFGS runs on each alone
         t = theta[i:i + 1].detach().clone().requires_grad_(True)
-        lbfgs = torch.optim.LBFGS([t], max_iter=500, tolerance_grad=1e-14, tolerance_change=1e-16,
+        lbfgs = torch.optim.LBFGS([t], max_iter=300, tolerance_grad=1e-12, tolerance_change=1e-14,
                                   line_search_fn="strong_wolfe")
 
         def closure():
@@ -131,7 +130,7 @@ def train_markov_lm(source: MarkovSource, pool: torch.Tensor, eval_x: torch.Tens
         return causal_lm(pool[torch.randint(0, len(pool), (batch,), generator=gen)])
 
     def loss_fn(m, b):
-        return lm.scored_losses(m, *(t.to(P.device) for t in lm.stack([b]))).sum()
+        return lm.scored_losses(m, b.inputs[None].to(P.device), b.targets[None].to(P.device), None, causal=True).sum()
 
     cfg = TrainConfig(num_steps=steps, lr=lr, schedule="cosine", warmup_steps=max(1, steps // 20), min_lr_ratio=0.1,
                       grad_clip=None, log_every=max(1, steps))
@@ -176,9 +175,9 @@ def schedule_race(source: MarkovSource, pool: torch.Tensor, eval_x: torch.Tensor
     curves: dict[str, list[tuple[int, float]]] = {n: [] for n in names}
     for step in range(steps):
         b = causal_lm(pool[torch.randint(0, len(pool), (batch,), generator=gen)])
-        inputs, targets, mask = (t.to(P.device) for t in lm.stack([b] * len(names)))
+        inputs, targets = (t.to(P.device).expand(len(names), *t.shape) for t in (b.inputs, b.targets))
         opt.zero_grad(set_to_none=True)
-        lm.scored_losses(model, inputs, targets, mask).sum().backward()
+        lm.scored_losses(model, inputs, targets, None, causal=True).sum().backward()
         lm.member_adamw_step(opt, torch.tensor([schedules[n](step) for n in names]))
         if (step + 1) % eval_every == 0 or step == steps - 1:
             losses = excess_eval(model, source, eval_x) + source.entropy_rate
