@@ -80,9 +80,10 @@ def member_evals(model: EnsembleTransformer, sets: dict[str, list[LMBatch]],
 
 
 def pooled_features(model: EnsembleTransformer, ids: torch.Tensor, bidirectional: list[bool],
-                    chunk: int = 256) -> torch.Tensor:
+                    chunk: int = 256, table: torch.Tensor | None = None) -> torch.Tensor:
     """Mean of the final (normalised) hidden states over each row's non-PAD tokens, for every member:
-    ids (N, L) right-padded -> (E, N, C). Member e reads bidirectionally or causally (`bidirectional[e]`)."""
+    ids (N, L) right-padded -> (E, N, C). Member e reads bidirectionally or causally (`bidirectional[e]`);
+    `table` (E, V, C) replaces the model's embeddings (see `EnsembleTransformer.hidden`)."""
     device = next(model.parameters()).device
     E = len(bidirectional)
     out = []
@@ -92,7 +93,7 @@ def pooled_features(model: EnsembleTransformer, ids: torch.Tensor, bidirectional
             lengths = (rows != PAD).sum(1)
             prefix = torch.stack([lengths if bi else torch.zeros_like(lengths) for bi in bidirectional])  # (E, N)
             mask = attention_mask(prefix.flatten(), L).to(device)
-            h = model.hidden(rows.to(device).expand(E, N, L), mask)[-1]
+            h = model.hidden(rows.to(device).expand(E, N, L), mask, table=table)[-1]
             h = model.ln_f(h.reshape(E, N * L, -1)).reshape(E, N, L, -1)
             keep = (rows != PAD).to(device)[None, :, :, None].float()
             out.append(((h * keep).sum(2) / keep.sum(2).clamp(min=1)).cpu())

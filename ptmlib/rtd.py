@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ptmlib.ensemble import EnsembleTransformer
+from ptmlib.lm import ensemble_lm, pooled_features, scored_losses
 from ptmlib.objectives import IGNORE, mlm, replace_tokens
 
 MODES = ("NES", "ES", "GDES")
@@ -93,18 +94,10 @@ class ElectraPairs(nn.Module):
         d_loss = F.binary_cross_entropy_with_logits(d_logits, labels, reduction="none").flatten(1).mean(1)
         return RTDLosses(g_loss, d_loss, labels.flatten(1).mean(1))
 
-    def features(self, ids: torch.Tensor, pad: int) -> torch.Tensor:
-        """Mean-pooled final discriminator states over non-pad tokens (bidirectional): (E, N, C)."""
-        E = len(self.modes)
-        device = self.gen.embed.device
-        keep = (ids != pad).to(device)
-        mask = (keep[:, None, None, :] & keep[:, None, :, None]) | torch.eye(ids.shape[1], dtype=torch.bool, device=device)
-        mask = mask.expand(E, *mask.shape).flatten(0, 1)
+    def features(self, ids: torch.Tensor) -> torch.Tensor:
+        """Mean-pooled final discriminator states over non-PAD tokens (bidirectional): (E, N, C)."""
         with torch.no_grad():
-            h = self.disc.hidden(ids.to(device).expand(E, *ids.shape), mask, table=self.disc_table())[-1]
-            h = self.disc.ln_f(h.flatten(1, 2)).view(*h.shape)
-            w = keep[None, :, :, None].float()
-            return ((h * w).sum(2) / w.sum(2).clamp(min=1)).cpu()
+            return pooled_features(self.disc, ids, [True] * len(self.modes), table=self.disc_table())
 
 
 def gradient_cosine(model: ElectraPairs, losses: RTDLosses, member: int, weight: float) -> tuple[float, float]:
@@ -137,8 +130,6 @@ class RTDExperiment(nn.Module):
     def __init__(self, vocab_size: int, width: int, gen_layers: int, disc_layers: int, rtd_weight: float = 50.0,
                  mask_rate: float = 0.15, tug_every: int = 10) -> None:
         super().__init__()
-        from ptmlib.lm import ensemble_lm
-
         self.pairs = ElectraPairs(list(MODES), vocab_size, width, gen_layers, disc_layers)
         self.mlm = ensemble_lm(1, vocab_size, width, disc_layers, n_head=2, alibi=True)
         self.rtd_weight, self.mask_rate, self.tug_every = rtd_weight, mask_rate, tug_every
@@ -147,8 +138,6 @@ class RTDExperiment(nn.Module):
         self.last: dict[str, torch.Tensor] = {}
 
     def loss(self, ids: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        from ptmlib.lm import scored_losses
-
         out = self.pairs.losses(ids, gen, self.mask_rate)
         if self.training and self.tug_every and self.calls % self.tug_every == 0:
             self.tug.append((self.calls, *gradient_cosine(self.pairs, out, MODES.index("ES"), self.rtd_weight)))
@@ -160,8 +149,6 @@ class RTDExperiment(nn.Module):
                      "mlm": mlm_loss.detach()}
         return (out.generator + self.rtd_weight * out.discriminator).sum() + mlm_loss.sum()
 
-    def features(self, ids: torch.Tensor, pad: int) -> torch.Tensor:
-        """Probe features: the three discriminators, then the MLM baseline: (4, N, C)."""
-        from ptmlib.lm import pooled_features
-
-        return torch.cat([self.pairs.features(ids, pad), pooled_features(self.mlm, ids, [True])])
+    def features(self, ids: torch.Tensor) -> torch.Tensor:
+        """Probe features (ids right-padded with PAD): the three discriminators, then the MLM baseline: (4, N, C)."""
+        return torch.cat([self.pairs.features(ids), pooled_features(self.mlm, ids, [True])])

@@ -79,8 +79,8 @@ def test_experiment_records_the_tug_only_while_training_and_features_ignore_padd
     assert len(exp.tug) == 2
     x = ids(B=3)
     padded = torch.cat([x, torch.full((3, 5), PAD)], 1)
-    assert torch.allclose(exp.features(x, PAD), exp.features(padded, PAD), atol=1e-5)
-    assert exp.features(x, PAD).shape == (4, 3, 16)
+    assert torch.allclose(exp.features(x), exp.features(padded), atol=1e-5)
+    assert exp.features(x).shape == (4, 3, 16)
 
 
 def test_unknown_mode_is_rejected():
