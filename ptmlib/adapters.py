@@ -1,0 +1,118 @@
+"""Parameter-efficient fine-tuning methods, written out: LoRA, IA3 and bottleneck adapters.
+
+Each wraps a frozen `nn.Linear` (shapes: x (..., d_in) -> (..., d_out)):
+
+    LoRA      y = W x + b + (alpha / r) * B A x      A: (r, d_in) Kaiming-uniform, B: (d_out, r) zeros
+    IA3       y = l * (W x + b)  (attention keys/values)   or   y = W (l * x) + b  (feed-forward layers)
+              with l a learned vector initialised at ones
+    adapter   y = h + U relu(D h) applied to a layer's output h; U zero-initialised, so it starts as identity
+
+At initialisation every method leaves the network's function unchanged. LoRA and IA3 merge exactly
+into the frozen weight (`merge`), so the adapted model costs nothing extra at inference. `inject`
+swaps wrappers in for the linear layers whose qualified names end with one of `targets`; the tests
+check LoRA and IA3 against the `peft` library on the same model.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LoRALinear(nn.Module):
+    """A frozen linear layer plus a trainable rank-r update scaled by alpha / r."""
+
+    def __init__(self, base: nn.Linear, r: int = 8, alpha: float = 16.0) -> None:
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.A = nn.Parameter(torch.empty(r, base.in_features))
+        self.B = nn.Parameter(torch.zeros(base.out_features, r))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))  # nn.Linear's default, as in the LoRA paper's code
+        self.scaling = alpha / r
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + F.linear(F.linear(x, self.A), self.B) * self.scaling
+
+    def merged(self) -> nn.Linear:
+        """A plain linear layer with W + (alpha / r) B A: the same function, no extra cost."""
+        out = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None)
+        with torch.no_grad():
+            out.weight.copy_(self.base.weight + self.scaling * self.B @ self.A)
+            if self.base.bias is not None:
+                out.bias.copy_(self.base.bias)
+        return out
+
+
+class IA3Linear(nn.Module):
+    """A frozen linear layer whose output (or, for feed-forward layers, input) is rescaled by a
+    learned vector l, initialised at ones."""
+
+    def __init__(self, base: nn.Linear, feedforward: bool = False) -> None:
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.feedforward = feedforward
+        self.l = nn.Parameter(torch.ones(base.in_features if feedforward else base.out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x * self.l) if self.feedforward else self.base(x) * self.l
+
+    def merged(self) -> nn.Linear:
+        out = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None)
+        with torch.no_grad():
+            if self.feedforward:  # W (l * x) = (W diag(l)) x
+                out.weight.copy_(self.base.weight * self.l[None, :])
+                if self.base.bias is not None:
+                    out.bias.copy_(self.base.bias)
+            else:  # l * (W x + b) = (diag(l) W) x + l * b
+                out.weight.copy_(self.base.weight * self.l[:, None])
+                if self.base.bias is not None:
+                    out.bias.copy_(self.base.bias * self.l)
+        return out
+
+
+class Adapter(nn.Module):
+    """A bottleneck adapter (Houlsby et al.) after a frozen linear layer: h + U relu(D h)."""
+
+    def __init__(self, base: nn.Linear, bottleneck: int = 16) -> None:
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.down = nn.Linear(base.out_features, bottleneck)
+        self.up = nn.Linear(bottleneck, base.out_features)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.base(x)
+        return h + self.up(F.relu(self.down(h)))
+
+
+def inject(model: nn.Module, targets: list[str], wrap: Callable[[str, nn.Linear], nn.Module]) -> list[str]:
+    """Replace every nn.Linear whose qualified name ends with one of `targets` by wrap(name, layer);
+    freeze everything else. Returns the names replaced (raises if none matched)."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and any(n.endswith(t) for t in targets)]
+    if not names:
+        raise ValueError(f"no nn.Linear matches {targets}")
+    model.requires_grad_(False)
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, wrap(name, getattr(parent, child)))
+    return names
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """Replace every LoRA / IA3 wrapper in `model` by its merged nn.Linear (in place); returns model."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, (LoRALinear, IA3Linear)):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, module.merged())
+    return model
+
+
+def trainable(model: nn.Module) -> int:
+    """Number of parameters that receive gradients."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,91 @@
+"""LoRA and IA3 written in ptmlib agree with the peft library; adapters start as the identity."""
+import copy
+
+import pytest
+import torch
+from peft import IA3Config, LoraConfig, get_peft_model
+
+from ptmlib import adapters
+from ptmlib.models import tiny_bert
+
+V, T = 50, 12
+
+
+def model():
+    torch.manual_seed(0)
+    return tiny_bert(V, T, hidden=32, n_layer=2, n_head=2).eval()
+
+
+def batches(n=4):
+    g = torch.Generator().manual_seed(1)
+    return [torch.randint(5, V, (8, T), generator=g) for _ in range(n)]
+
+
+def train_same(ours, theirs, steps):
+    """The same AdamW updates on the same batches (loss: mean logit of token 7, a simple target)."""
+    opts = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2) for m in (ours, theirs)]
+    for x in batches(steps):
+        for m, opt in zip((ours, theirs), opts):
+            opt.zero_grad()
+            m(input_ids=x).logits[..., 7].mean().backward()
+            opt.step()
+
+
+def test_lora_matches_peft_at_init_after_training_and_merged():
+    base = model()
+    theirs = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"],
+                                                            lora_dropout=0.0))
+    ours = copy.deepcopy(base)
+    names = adapters.inject(ours, ["query", "value"], lambda n, lin: adapters.LoRALinear(lin, r=4, alpha=8))
+    assert len(names) == 4
+    for name in names:  # start from peft's random A (B is zero in both)
+        layer = theirs.base_model.model.get_submodule(name)
+        ours.get_submodule(name).A.data.copy_(layer.lora_A["default"].weight)
+    x = batches(1)[0]
+    assert torch.allclose(ours(input_ids=x).logits, base(input_ids=x).logits)  # identity at init
+    assert adapters.trainable(ours) == sum(p.numel() for p in theirs.parameters() if p.requires_grad)
+    train_same(ours, theirs, 5)
+    with torch.no_grad():
+        out_ours, out_theirs = ours(input_ids=x).logits, theirs(input_ids=x).logits
+    assert not torch.allclose(out_ours, base(input_ids=x).logits, atol=1e-3)  # training moved it
+    assert torch.allclose(out_ours, out_theirs, atol=1e-5)
+    merged_theirs = theirs.merge_and_unload()
+    adapters.merge(ours)
+    assert not any(isinstance(m, adapters.LoRALinear) for m in ours.modules())
+    assert torch.allclose(ours(input_ids=x).logits, out_ours, atol=1e-5)
+    assert torch.allclose(ours(input_ids=x).logits, merged_theirs(input_ids=x).logits, atol=1e-5)
+
+
+def test_ia3_matches_peft_after_training_and_merged():
+    base = model()
+    cfg = IA3Config(target_modules=["key", "value", "intermediate.dense"], feedforward_modules=["intermediate.dense"])
+    theirs = get_peft_model(copy.deepcopy(base), cfg)
+    ours = copy.deepcopy(base)
+    adapters.inject(ours, ["key", "value", "intermediate.dense"],
+                    lambda n, lin: adapters.IA3Linear(lin, feedforward=n.endswith("intermediate.dense")))
+    assert adapters.trainable(ours) == sum(p.numel() for p in theirs.parameters() if p.requires_grad)
+    x = batches(1)[0]
+    assert torch.allclose(ours(input_ids=x).logits, base(input_ids=x).logits)
+    train_same(ours, theirs, 5)
+    with torch.no_grad():
+        out_ours = ours(input_ids=x).logits
+        assert torch.allclose(out_ours, theirs(input_ids=x).logits, atol=1e-5)
+    adapters.merge(ours)
+    assert torch.allclose(ours(input_ids=x).logits, out_ours, atol=1e-5)
+    assert torch.allclose(ours(input_ids=x).logits, theirs.merge_and_unload()(input_ids=x).logits, atol=1e-5)
+
+
+def test_adapter_starts_as_identity_and_trains_only_itself():
+    base = model()
+    ours = copy.deepcopy(base)
+    adapters.inject(ours, ["attention.output.dense"], lambda n, lin: adapters.Adapter(lin, bottleneck=4))
+    x = batches(1)[0]
+    assert torch.allclose(ours(input_ids=x).logits, base(input_ids=x).logits)
+    assert adapters.trainable(ours) == 2 * (32 * 4 + 4 + 4 * 32 + 32)
+    ours(input_ids=x).logits.sum().backward()
+    assert all(p.grad is None for n, p in ours.named_parameters() if "down" not in n and "up" not in n)
+
+
+def test_inject_rejects_unknown_targets():
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        adapters.inject(model(), ["nonexistent"], lambda n, lin: lin)
