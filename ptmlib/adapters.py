@@ -1,4 +1,4 @@
-"""Parameter-efficient fine-tuning methods, written out: LoRA, IA3 and bottleneck adapters.
+"""Parameter-efficient fine-tuning methods, written out: LoRA, IA3, bottleneck adapters, prompt tuning.
 
 Each wraps a frozen `nn.Linear` (shapes: x (..., d_in) -> (..., d_out)):
 
@@ -7,10 +7,11 @@ Each wraps a frozen `nn.Linear` (shapes: x (..., d_in) -> (..., d_out)):
               with l a learned vector initialised at ones
     adapter   y = h + U relu(D h) applied to a layer's output h; U zero-initialised, so it starts as identity
 
-At initialisation every method leaves the network's function unchanged. LoRA and IA3 merge exactly
-into the frozen weight (`merge`), so the adapted model costs nothing extra at inference. `inject`
-swaps wrappers in for the linear layers whose qualified names end with one of `targets`; the tests
-check LoRA and IA3 against the `peft` library on the same model.
+At initialisation LoRA, IA3 and adapters leave the network's function unchanged. LoRA and IA3 merge
+exactly into the frozen weight (`merge`), so the adapted model costs nothing extra at inference.
+`inject` swaps wrappers in for the linear layers whose qualified names end with one of `targets`.
+`PromptTuning` instead prepends n learned input vectors to a frozen model. The tests check LoRA, IA3
+and prompt tuning against the `peft` library on the same model (same outputs after the same updates).
 """
 from __future__ import annotations
 
@@ -116,3 +117,23 @@ def merge(model: nn.Module) -> nn.Module:
 def trainable(model: nn.Module) -> int:
     """Number of parameters that receive gradients."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class PromptTuning(nn.Module):
+    """Soft prompt tuning (Lester et al.): n learned vectors prepended to the input embeddings of a
+    frozen model. forward(input_ids (B, T)) -> the model's output on (B, n + T) embedded positions.
+    `init` (n, C) starts the prompt from given vectors (e.g. the embeddings of real words, or a
+    pretrained prompt); the default samples rows of the model's own embedding table."""
+
+    def __init__(self, model: nn.Module, n_tokens: int, init: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.model = model.requires_grad_(False)
+        table = model.get_input_embeddings().weight
+        if init is None:
+            init = table[torch.randint(0, table.shape[0], (n_tokens,))].detach()
+        self.prompt = nn.Parameter(init.clone().reshape(n_tokens, table.shape[1]))
+
+    def forward(self, input_ids: torch.Tensor, **kwargs):
+        embeds = self.model.get_input_embeddings()(input_ids)  # (B, T, C)
+        prompt = self.prompt[None].expand(input_ids.shape[0], -1, -1).to(embeds.dtype)
+        return self.model(inputs_embeds=torch.cat([prompt, embeds], 1), **kwargs)

@@ -156,6 +156,19 @@ def random_chunks(stream: torch.Tensor, batch: int, length: int, gen: torch.Gene
     return stream[starts[:, None] + torch.arange(length)]
 
 
+def labelled_texts(split: str, n_classes: int, per_class: int | None = None) -> tuple[list[str], torch.Tensor, list[str]]:
+    """The module-classification task as raw text (for a pretrained encoder with its own tokenizer):
+    the `n_classes` modules with the most training docstrings (the language reference excluded);
+    returns texts, labels (N,) and the class names. `per_class` keeps the first documents of each class."""
+    counts = Counter(d.module for d in corpus()["train"] if d.module != "reference")
+    names = sorted(m for m, _ in counts.most_common(n_classes))
+    docs = [d for d in corpus()[split] if d.module in names]
+    if per_class is not None:
+        kept: Counter[str] = Counter()
+        docs = [d for d in docs if (kept.update([d.module]) or kept[d.module] <= per_class)]
+    return [d.text for d in docs], torch.tensor([names.index(d.module) for d in docs]), names
+
+
 def labelled_docs(split: str, n_classes: int, length: int, vocab_size: int = 1024,
                   per_class: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """A text-classification task: which module a docstring comes from.
@@ -165,15 +178,9 @@ def labelled_docs(split: str, n_classes: int, length: int, vocab_size: int = 102
     Returns ids (N, length), labels (N,) and the class names. `per_class` caps the documents per class
     (the first ones in corpus order), which keeps the classes balanced.
     """
-    counts = Counter(d.module for d in corpus()["train"] if d.module != "reference")
-    names = sorted(m for m, _ in counts.most_common(n_classes))
-    docs = [d for d in corpus()[split] if d.module in names]
-    if per_class is not None:
-        kept: Counter[str] = Counter()
-        docs = [d for d in docs if (kept.update([d.module]) or kept[d.module] <= per_class)]
-    ids = torch.full((len(docs), length), PAD, dtype=torch.int64)
-    for row, doc in enumerate(encode_docs(tokenizer(vocab_size), docs)):
-        doc = doc[:length]
+    texts, labels, names = labelled_texts(split, n_classes, per_class)
+    ids = torch.full((len(texts), length), PAD, dtype=torch.int64)
+    for row, enc in enumerate(tokenizer(vocab_size).encode_batch(texts)):
+        doc = enc.ids[:length]
         ids[row, :len(doc)] = torch.tensor(doc, dtype=torch.int64)
-    labels = torch.tensor([names.index(d.module) for d in docs])
     return ids, labels, names

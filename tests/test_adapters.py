@@ -89,3 +89,25 @@ def test_adapter_starts_as_identity_and_trains_only_itself():
 def test_inject_rejects_unknown_targets():
     with pytest.raises(ValueError, match="no nn.Linear"):
         adapters.inject(model(), ["nonexistent"], lambda n, lin: lin)
+
+
+def test_prompt_tuning_matches_peft_and_trains_only_the_prompt():
+    from peft import PromptTuningConfig, TaskType
+
+    from ptmlib.models import tiny_gpt2
+
+    torch.manual_seed(0)
+    base = tiny_gpt2(V, 32, n_embd=32, n_layer=2, n_head=2)
+    theirs = get_peft_model(copy.deepcopy(base), PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=4))
+    ours = adapters.PromptTuning(copy.deepcopy(base), 4, init=theirs.prompt_encoder["default"].embedding.weight)
+    assert adapters.trainable(ours) == 4 * 32
+    x = batches(1)[0]
+    assert torch.allclose(ours(x).logits, theirs(input_ids=x).logits, atol=1e-6)
+    opts = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2) for m in (ours, theirs)]
+    for xb in batches(3):
+        for m, opt in zip((ours, theirs), opts):
+            opt.zero_grad()
+            (m(xb) if m is ours else m(input_ids=xb)).logits[..., 7].mean().backward()
+            opt.step()
+    assert torch.allclose(ours(x).logits, theirs(input_ids=x).logits, atol=1e-5)
+    assert torch.equal(ours.model.transformer.wte.weight, base.transformer.wte.weight)  # the model stayed frozen

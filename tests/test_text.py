@@ -56,3 +56,11 @@ def test_labelled_docs_are_balanced_when_capped():
     assert len(names) == 8 and "reference" not in names
     assert torch.equal(torch.bincount(y, minlength=8), torch.full((8,), 15))
     assert ids.shape == (120, 48) and (ids[:, 0] != text.PAD).all()
+
+
+def test_labelled_texts_agree_with_the_tokenised_task():
+    texts, y, names = text.labelled_texts("val", 8, per_class=5)
+    ids, y2, names2 = text.labelled_docs("val", 8, 32, per_class=5)
+    assert names == names2 and torch.equal(y, y2) and len(texts) == len(ids)
+    tok = text.tokenizer(1024)
+    assert tok.encode(texts[0]).ids[:32] == [i for i in ids[0].tolist() if i != text.PAD]
