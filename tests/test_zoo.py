@@ -1,0 +1,58 @@
+"""The model zoo: deterministic training, cache hits, keys that follow the spec, models that learned."""
+import pytest
+import torch
+
+from ptmlib import text, zoo
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PTM_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_clean_cache_gives_the_same_weights_and_a_hit_does_not_retrain(cache):
+    spec = zoo.variant("stdlib-gpt", name="tiny-gpt", width=16, steps=8)
+    first = zoo.load(spec)
+    file = zoo.path(spec)
+    stamp = file.stat().st_mtime_ns
+    again = zoo.load(spec)
+    assert file.stat().st_mtime_ns == stamp and same(first, again)
+    file.unlink()
+    retrained = zoo.load(spec)
+    assert same(first, retrained) and not same(first, zoo.build(spec))
+
+
+def test_key_follows_the_spec():
+    a = zoo.variant("digits-mlp", steps=10)
+    assert zoo.key(a) == zoo.key(zoo.variant("digits-mlp", steps=10))
+    assert zoo.key(a) != zoo.key(zoo.variant("digits-mlp", steps=11))
+    with pytest.raises(ValueError, match="unknown zoo kind"):
+        zoo.build(zoo.variant("digits-mlp", kind="cnn"))
+
+
+def test_pretrained_models_learned_their_source_task(cache):
+    spec = zoo.variant("digits-mlp", steps=150)
+    model = zoo.load(spec)
+    x, y = zoo.digits(spec.classes, "test")
+    with torch.no_grad():
+        acc = (model(x).argmax(1) == y).float().mean()
+    assert acc > 0.9 and set(y.tolist()) == set(spec.classes)
+    gpt_spec = zoo.variant("stdlib-gpt", name="tiny-gpt", width=32, steps=60)
+    ids = text.random_chunks(text.token_stream("val"), 16, 64, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        trained = zoo.load(gpt_spec)(input_ids=ids, labels=ids).loss
+        untrained = zoo.build(gpt_spec)(input_ids=ids, labels=ids).loss
+    assert trained < untrained - 0.5
+
+
+def test_digits_split_is_disjoint_and_complete():
+    xtr, ytr = zoo.digits(None, "train")
+    xte, yte = zoo.digits(None, "test")
+    assert len(xtr) + len(xte) == 1797 and xtr.max() <= 1.0
+    rows = {tuple(r.tolist()) for r in xtr}
+    assert sum(tuple(r.tolist()) in rows for r in xte) < 20  # the digits set has a few exact duplicates
