@@ -2,7 +2,7 @@
 embedding, member e trained on its own objective's `LMBatch`.
 
 Shapes: E members, B rows, L positions, V vocabulary. `stack` pads E batches to a common length and
-builds one attention mask per row; `member_losses` returns each member's own mean loss (E,), whose
+builds one attention mask per row; `scored_losses` returns each member's own mean loss (E,), whose
 sum gives every member exactly the gradient it would get alone. `member_adamw_step` applies AdamW
 with a different learning rate per member (AdamW's update is linear in the learning rate given its
 moment estimates, so one optimizer step with lr = 1 followed by a per-member rescaling is exact).
@@ -43,15 +43,6 @@ def stack(batches: list[LMBatch]) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     L = flat.inputs.shape[1]
     E = len(batches)
     return flat.inputs.view(E, B, L), flat.targets.view(E, B, L), attention_mask(flat.prefix, L)
-
-
-def member_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of each member over its scored positions: logits (E, B, L, V) -> (E,)."""
-    E, V = logits.shape[0], logits.shape[-1]
-    nll = F.cross_entropy(logits.reshape(-1, V).float(), targets.reshape(-1), ignore_index=IGNORE,
-                          reduction="none").view(E, -1)
-    counts = (targets.view(E, -1) != IGNORE).sum(1).clamp(min=1)
-    return nll.sum(1) / counts
 
 
 def evaluate(model: EnsembleTransformer, batches: list[LMBatch]) -> torch.Tensor:
@@ -116,8 +107,8 @@ def member_adamw_step(opt: torch.optim.AdamW, lrs: torch.Tensor) -> None:
 
 def scored_losses(model: EnsembleTransformer, inputs: torch.Tensor, targets: torch.Tensor,
                   mask: torch.Tensor | None, causal: bool = False) -> torch.Tensor:
-    """Same as `member_losses(model(inputs, mask=mask, causal=causal), targets)`, but the read-out (the
-    costliest matmul at a large vocabulary) is applied only to the scored positions of each member.
+    """Each member's mean cross-entropy over its scored positions (E,). The read-out (the costliest
+    matmul at a large vocabulary) is applied only to the scored positions of each member.
     For plain causal LM pass mask=None, causal=True: the fused causal attention kernel is much faster
     than an explicit mask."""
     E, B, L = inputs.shape

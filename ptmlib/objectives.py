@@ -225,11 +225,12 @@ def ul2(ids: torch.Tensor, gen: torch.Generator, probs: tuple[float, float, floa
 
 def replace_tokens(ids: torch.Tensor, chosen: torch.Tensor, gen_logits: torch.Tensor,
                    gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """ELECTRA's corruption: at `chosen` positions (B, T) put a token sampled from the generator's
-    logits (B, T, V) (inverse-CDF sampling, no gradient). Returns the corrupted ids and the labels
-    `is_replaced` (B, T) - a sample that equals the original counts as original, as in ELECTRA."""
+    """ELECTRA's corruption: at the n `chosen` positions (B, T) put a token sampled from the generator's
+    logits there, (n, V) in the order of `ids[chosen]` (inverse-CDF sampling, no gradient). Returns the
+    corrupted ids and the labels `is_replaced` (B, T) - a sample that equals the original counts as
+    original, as in ELECTRA."""
     with torch.no_grad():
-        cdf = F.softmax(gen_logits[chosen].float(), dim=-1).cumsum(-1)  # (n, V)
+        cdf = F.softmax(gen_logits.float(), dim=-1).cumsum(-1)  # (n, V)
         u = torch.rand(cdf.shape[0], 1, generator=gen, device=gen.device).to(cdf.device) * cdf[:, -1:]
         sample = torch.searchsorted(cdf, u).squeeze(1).clamp_(max=cdf.shape[1] - 1)
     corrupted = ids.clone()

@@ -66,9 +66,6 @@ class ElectraPairs(nn.Module):
                 rows.append(self.gen.embed[e].detach() + self.disc.embed[e])
         return torch.stack(rows)
 
-    def gen_table(self) -> torch.Tensor:
-        return self.gen.embed
-
     def losses(self, ids: torch.Tensor, gen: torch.Generator, mask_rate: float = 0.15) -> RTDLosses:
         """One ELECTRA step's losses for every member on the same text ids (B, T) (CPU generator)."""
         E = len(self.modes)
@@ -82,14 +79,8 @@ class ElectraPairs(nn.Module):
         logits = torch.baddbmm(self.gen.read_out.bias, h[:, flat], self.gen.read_out.weight)  # (E, n, V)
         target = ids.to(device).flatten()[flat]
         g_loss = torch.stack([F.cross_entropy(logits[e], target) for e in range(E)])
-        corrupted, labels = [], []
-        for e in range(E):
-            full = torch.zeros(*ids.shape, V, device=device)
-            full[chosen] = logits[e].detach()
-            c, r = replace_tokens(ids.to(device), chosen, full, gen)
-            corrupted.append(c)
-            labels.append(r)
-        corrupted, labels = torch.stack(corrupted), torch.stack(labels).float()
+        pairs = [replace_tokens(ids.to(device), chosen, logits[e], gen) for e in range(E)]
+        corrupted, labels = torch.stack([c for c, _ in pairs]), torch.stack([r for _, r in pairs]).float()
         d_logits = self.disc(corrupted, table=self.disc_table()).squeeze(-1)  # (E, B, T)
         d_loss = F.binary_cross_entropy_with_logits(d_logits, labels, reduction="none").flatten(1).mean(1)
         return RTDLosses(g_loss, d_loss, labels.flatten(1).mean(1))

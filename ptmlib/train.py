@@ -242,12 +242,12 @@ def _checkpoint_folder(model: torch.nn.Module, cfg: TrainConfig, profile: Profil
     if run_name is None or not (profile.name == "full" or cfg.checkpoint_every > 0):
         return None
     shapes = [(n, tuple(p.shape)) for n, p in model.state_dict().items()]
-    key = json.dumps([asdict(cfg), profile.seed, shapes, _code_version(fns)], sort_keys=True, default=str)
+    key = json.dumps([asdict(cfg), profile.seed, shapes, code_version(fns)], sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return cache_dir() / "checkpoints" / f"{run_name}-{digest}"
 
 
-def _code_version(fns: tuple[Callable[..., Any], ...]) -> str:
+def code_version(fns: tuple[Callable[..., Any], ...]) -> str:
     """A digest of ptmlib's sources and of the chapter's data and loss functions' bytecode, so a
     checkpoint written by other code is never resumed or loaded."""
     h = hashlib.sha256()

@@ -28,7 +28,7 @@ from ptmlib.checkpoint import atomic_write
 from ptmlib.models import tiny_bert, tiny_gpt2
 from ptmlib.paths import cache_dir
 from ptmlib.profiles import resolve_profile
-from ptmlib.train import TrainConfig, _code_version, train
+from ptmlib.train import TrainConfig, code_version, train
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def build(spec: ZooSpec) -> nn.Module:
 
 def key(spec: ZooSpec) -> str:
     """Digest of the spec and of ptmlib's sources: the cache key."""
-    blob = json.dumps(asdict(spec), sort_keys=True) + _code_version(())
+    blob = json.dumps(asdict(spec), sort_keys=True) + code_version(())
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

@@ -107,12 +107,12 @@ def test_replace_tokens_samples_from_the_generator_and_labels_real_changes():
     logits = torch.full((4, 10, V), -1e9)
     logits[..., 100] = 0.0  # the generator always proposes token 100
     x[0, 0] = 100
-    c, rep = O.replace_tokens(x, chosen, logits, gen())
+    c, rep = O.replace_tokens(x, chosen, logits[chosen], gen())
     assert (c[chosen] == 100).all() and torch.equal(c[~chosen], x[~chosen])
     assert torch.equal(rep, chosen & (x != 100)) and not rep[0, 0]
     logits = torch.full((2000, 1, V), -1e9)
     logits[..., [50, 60]] = 0.0
-    c, _ = O.replace_tokens(torch.zeros(2000, 1, dtype=torch.long), torch.ones(2000, 1, dtype=torch.bool), logits, gen())
+    c, _ = O.replace_tokens(torch.zeros(2000, 1, dtype=torch.long), torch.ones(2000, 1, dtype=torch.bool), logits[:, 0], gen())
     assert abs(float((c == 50).float().mean()) - 0.5) < 0.04 and ((c == 50) | (c == 60)).all()
 
 
