@@ -137,3 +137,43 @@ class PromptTuning(nn.Module):
         embeds = self.model.get_input_embeddings()(input_ids)  # (B, T, C)
         prompt = self.prompt[None].expand(input_ids.shape[0], -1, -1).to(embeds.dtype)
         return self.model(inputs_embeds=torch.cat([prompt, embeds], 1), **kwargs)
+
+
+def lora_vs_peft(model: nn.Module, targets: list[str], r: int, alpha: float, batches: list[torch.Tensor],
+                 loss: Callable[[nn.Module, torch.Tensor], torch.Tensor], lr: float = 1e-2) -> dict[str, float]:
+    """Largest |difference| between this module's LoRA and the `peft` library's on copies of `model`:
+    at initialisation (same A, B), after one AdamW step per batch, and after merging. Inputs: batches
+    of input ids; `loss(model, ids)` a scalar."""
+    import copy
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():  # peft 0.21 calls a transformers method deprecated in 5.x
+        warnings.simplefilter("ignore", FutureWarning)
+        theirs = get_peft_model(copy.deepcopy(model), LoraConfig(r=r, lora_alpha=alpha, target_modules=targets,
+                                                                 lora_dropout=0.0))
+    ours = copy.deepcopy(model)
+    inject(ours, targets, lambda n, lin: LoRALinear(lin, r, alpha))
+    for name, module in ours.named_modules():  # start from peft's random A (B is zero in both)
+        if isinstance(module, LoRALinear):
+            module.A.data.copy_(theirs.get_submodule("base_model.model." + name).lora_A["default"].weight)
+    x = batches[0]
+
+    def gap() -> float:
+        with torch.no_grad():
+            return float((ours(input_ids=x).logits - theirs(input_ids=x).logits).abs().max())
+
+    out = {"init": gap()}
+    opts = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr) for m in (ours, theirs)]
+    for ids in batches:
+        for m, opt in zip((ours, theirs), opts):
+            opt.zero_grad()
+            loss(m, ids).backward()
+            opt.step()
+    out["trained"] = gap()
+    merge(ours)
+    theirs = theirs.merge_and_unload()
+    out["merged"] = gap()
+    return out

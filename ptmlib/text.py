@@ -156,6 +156,15 @@ def random_chunks(stream: torch.Tensor, batch: int, length: int, gen: torch.Gene
     return stream[starts[:, None] + torch.arange(length)]
 
 
+def module_stream(module: str, split: str, vocab_size: int = 1024) -> torch.Tensor:
+    """The documents of one module in a split as one 1-D token stream, each followed by `EOS`: a
+    narrow target domain for adapting a language model pretrained on the whole corpus."""
+    docs = [d for d in corpus()[split] if d.module == module]
+    if not docs:
+        raise ValueError(f"no documents of module {module!r} in split {split!r}")
+    return torch.tensor([i for doc in encode_docs(tokenizer(vocab_size), docs) for i in doc + [EOS]], dtype=torch.int64)
+
+
 def labelled_texts(split: str, n_classes: int, per_class: int | None = None) -> tuple[list[str], torch.Tensor, list[str]]:
     """The module-classification task as raw text (for a pretrained encoder with its own tokenizer):
     the `n_classes` modules with the most training docstrings (the language reference excluded);

@@ -73,6 +73,14 @@ def digits(classes: tuple[int, ...] | None = None, split: str = "train") -> tupl
     return x, y
 
 
+def shift_digits(x: torch.Tensor, pixels: int = 1, noise: float = 0.15, seed: int = 7) -> torch.Tensor:
+    """A distribution shift of digit images x (N, 64): every image moved `pixels` to the right
+    (wrapping around) plus Gaussian pixel noise of standard deviation `noise` (fixed by `seed`)."""
+    g = torch.Generator().manual_seed(seed)
+    img = torch.roll(x.reshape(-1, 8, 8), pixels, dims=2)
+    return (img + noise * torch.randn(img.shape, generator=g)).reshape(-1, 64)
+
+
 class DigitsMLP(nn.Module):
     """x (B, 64) -> logits (B, 10); `features` is the last hidden layer (B, width)."""
 

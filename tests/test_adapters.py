@@ -3,6 +3,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from peft import IA3Config, LoraConfig, get_peft_model
 
 from ptmlib import adapters
@@ -111,3 +112,14 @@ def test_prompt_tuning_matches_peft_and_trains_only_the_prompt():
             opt.step()
     assert torch.allclose(ours(x).logits, theirs(input_ids=x).logits, atol=1e-5)
     assert torch.equal(ours.model.transformer.wte.weight, base.transformer.wte.weight)  # the model stayed frozen
+
+
+def test_lora_vs_peft_reports_agreement_and_catches_a_wrong_scaling(monkeypatch):
+    loss = lambda m, ids: m(input_ids=ids).logits[..., 7].mean()
+    gaps = adapters.lora_vs_peft(model(), ["query", "value"], r=4, alpha=8, batches=batches(3), loss=loss)
+    assert set(gaps) == {"init", "trained", "merged"} and max(gaps.values()) <= 1e-5
+    original = adapters.LoRALinear.forward
+    monkeypatch.setattr(adapters.LoRALinear, "forward",
+                        lambda self, x: original(self, x) + 0.01 * self.scaling * F.linear(F.linear(x, self.A), self.B))
+    wrong = adapters.lora_vs_peft(model(), ["query", "value"], r=4, alpha=8, batches=batches(3), loss=loss)
+    assert wrong["init"] == 0.0 and wrong["trained"] > 1e-4  # B = 0 hides it at init, not after training

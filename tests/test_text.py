@@ -1,6 +1,7 @@
 """The standard-library corpus and its BPE tokenizer: deterministic, split cleanly, lossless."""
 from collections import Counter
 
+import pytest
 import torch
 
 from ptmlib import text
@@ -64,3 +65,14 @@ def test_labelled_texts_agree_with_the_tokenised_task():
     assert names == names2 and torch.equal(y, y2) and len(texts) == len(ids)
     tok = text.tokenizer(1024)
     assert tok.encode(texts[0]).ids[:32] == [i for i in ids[0].tolist() if i != text.PAD]
+
+
+def test_module_stream_holds_exactly_that_modules_documents():
+    from ptmlib import text as tx
+
+    docs = [d for d in tx.corpus()["val"] if d.module == "asyncio"]
+    stream = tx.module_stream("asyncio", "val")
+    assert int((stream == tx.EOS).sum()) == len(docs)
+    assert tx.tokenizer().decode(stream[: int((stream == tx.EOS).nonzero()[0])].tolist()) == docs[0].text
+    with pytest.raises(ValueError, match="no documents"):
+        tx.module_stream("no_such_module", "train")

@@ -56,3 +56,12 @@ def test_digits_split_is_disjoint_and_complete():
     assert len(xtr) + len(xte) == 1797 and xtr.max() <= 1.0
     rows = {tuple(r.tolist()) for r in xtr}
     assert sum(tuple(r.tolist()) in rows for r in xte) < 20  # the digits set has a few exact duplicates
+
+
+def test_shift_digits_moves_every_image_one_pixel_right_before_noise():
+    x, _ = zoo.digits((3,), "test")
+    clean = zoo.shift_digits(x, pixels=1, noise=0.0)
+    img, out = x.reshape(-1, 8, 8), clean.reshape(-1, 8, 8)
+    assert torch.equal(out[:, :, 1:], img[:, :, :-1]) and torch.equal(out[:, :, 0], img[:, :, -1])
+    noisy = zoo.shift_digits(x)
+    assert torch.equal(noisy, zoo.shift_digits(x)) and 0.1 < float((noisy - clean).std()) < 0.2
