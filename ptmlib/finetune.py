@@ -263,3 +263,43 @@ def fit_arrays(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainCon
           evals={"snapshot": snapshot} if snapshot_every else None)
     model.cpu()
     return snaps
+
+
+def fit_denoiser(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, cfg: TrainConfig, profile: Profile, *,
+                 noise: float = 0.5, batch: int = 32, data_seed_offset: int = 1000) -> History:
+    """Train a class-conditional denoiser model(x + noise * eps, classes) -> x with the mean squared error."""
+    eps_gen = profile.generator(data_seed_offset + 1, device="cpu")
+
+    def loss_fn(m: nn.Module, i: torch.Tensor) -> torch.Tensor:
+        clean = x[i]
+        noisy = clean + noise * torch.randn(clean.shape, generator=eps_gen)
+        return F.mse_loss(m(noisy.to(profile.device), classes[i].to(profile.device)), clean.to(profile.device))
+
+    hist = train(model, lambda g: torch.randint(0, len(x), (batch,), generator=g), loss_fn, cfg, profile,
+                 examples_per_step=batch, progress=False, data_seed_offset=data_seed_offset)
+    model.cpu()
+    return hist
+
+
+@torch.no_grad()
+def denoising_error(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, noise: float = 0.5, seed: int = 99,
+                    **kwargs) -> float:
+    """Mean squared error of the denoised x on a fixed noise draw (the same for every model)."""
+    g = torch.Generator().manual_seed(seed)
+    return float(F.mse_loss(model(x + noise * torch.randn(x.shape, generator=g), classes, **kwargs), x))
+
+
+def distil_hidden_states(student: nn.Module, teacher: nn.Module, batch_fn: Callable[[torch.Generator], dict],
+                         cfg: TrainConfig, profile: Profile, *, batch: int = 16) -> History:
+    """Feature distillation (PELA's intermediate stage): train the student's trainable weights so that
+    every layer's hidden state matches the frozen teacher's, sum of per-layer mean squared errors.
+    `batch_fn(gen)` returns a dict of encoder inputs (input_ids, attention_mask)."""
+    teacher.eval()
+
+    def loss_fn(m: nn.Module, enc: dict) -> torch.Tensor:
+        with torch.no_grad():
+            target = teacher(**enc, output_hidden_states=True).hidden_states
+        got = m(**enc, output_hidden_states=True).hidden_states
+        return sum(F.mse_loss(a, b) for a, b in zip(got[1:], target[1:]))
+
+    return train(student, batch_fn, loss_fn, cfg, profile, examples_per_step=batch, progress=False)

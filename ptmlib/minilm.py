@@ -58,9 +58,12 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return (hidden * w).sum(1) / w.sum(1).clamp(min=1e-9)
 
 
-def embed(texts: list[str], batch: int = 64, max_length: int = 128, device: str = "cpu") -> torch.Tensor:
-    """Sentence embeddings (N, 384), L2-normalised, as sentence-transformers computes them."""
-    model, tok = load(device)
+def embed(texts: list[str], batch: int = 64, max_length: int = 128, device: str = "cpu",
+          model: torch.nn.Module | None = None) -> torch.Tensor:
+    """Sentence embeddings (N, 384), L2-normalised, as sentence-transformers computes them; `model`
+    replaces the packaged encoder (e.g. a compressed copy of it)."""
+    packaged, tok = load(device)
+    model = packaged if model is None else model
     out = []
     with torch.no_grad():
         for i in range(0, len(texts), batch):

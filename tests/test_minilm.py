@@ -39,3 +39,17 @@ def test_mean_pool_ignores_padding():
     m = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     pooled = minilm.mean_pool(h, m)
     assert torch.allclose(pooled[0], h[0, :3].mean(0)) and torch.allclose(pooled[1], h[1].mean(0))
+
+
+def test_embed_with_another_model_uses_it():
+    import copy
+
+    from ptmlib import minilm as ml
+
+    model, _ = ml.load()
+    other = copy.deepcopy(model)
+    texts = ["Return the sum of two numbers.", "Open a file for reading."]
+    assert torch.allclose(ml.embed(texts, model=other), ml.embed(texts), atol=1e-6)
+    with torch.no_grad():
+        other.embeddings.word_embeddings.weight.mul_(0.5)
+    assert not torch.allclose(ml.embed(texts, model=other), ml.embed(texts), atol=1e-3)
