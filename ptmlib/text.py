@@ -188,8 +188,13 @@ def labelled_docs(split: str, n_classes: int, length: int, vocab_size: int = 102
     (the first ones in corpus order), which keeps the classes balanced.
     """
     texts, labels, names = labelled_texts(split, n_classes, per_class)
+    return encode_padded(texts, length, vocab_size), labels, names
+
+
+def encode_padded(texts: list[str], length: int, vocab_size: int = 1024) -> torch.Tensor:
+    """Token ids (N, length) of each text's first `length` tokens, right-padded with `PAD`."""
     ids = torch.full((len(texts), length), PAD, dtype=torch.int64)
     for row, enc in enumerate(tokenizer(vocab_size).encode_batch(texts)):
         doc = enc.ids[:length]
         ids[row, :len(doc)] = torch.tensor(doc, dtype=torch.int64)
-    return ids, labels, names
+    return ids

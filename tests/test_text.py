@@ -76,3 +76,11 @@ def test_module_stream_holds_exactly_that_modules_documents():
     assert tx.tokenizer().decode(stream[: int((stream == tx.EOS).nonzero()[0])].tolist()) == docs[0].text
     with pytest.raises(ValueError, match="no documents"):
         tx.module_stream("no_such_module", "train")
+
+
+def test_encode_padded_truncates_and_pads():
+    from ptmlib import text as tx
+
+    ids = tx.encode_padded(["def f(): pass", ""], 5)
+    assert ids.shape == (2, 5) and (ids[1] == tx.PAD).all()
+    assert ids[0].tolist() == tx.tokenizer().encode("def f(): pass").ids[:5] + [tx.PAD] * max(0, 5 - len(tx.tokenizer().encode("def f(): pass").ids))

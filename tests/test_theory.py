@@ -118,3 +118,14 @@ def test_learning_curves_share_training_sets_and_average_errors():
     curves = learning_curves(sample, learners, [3, 5], 2, x_test, y_test)
     assert seen == [3, 3, 5, 5]  # one draw per repeat, shared by the learners
     assert curves == {"right": [0.0, 0.0], "always 0": [0.5, 0.5], "size-aware": [pytest.approx(0.2), 0.0]}
+
+
+def test_fit_softmax_probe_returns_probabilities_that_separate_separable_classes():
+    from ptmlib.theory import fit_softmax_probe
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(30, 3, generator=g) + 4 * torch.eye(3)[c] for c in range(3)])
+    y = torch.arange(3).repeat_interleave(30)
+    proba = fit_softmax_probe(x, y, 3, l2=1e-3)(x)
+    assert torch.allclose(proba.sum(-1), torch.ones(90), atol=1e-5)
+    assert float((proba.argmax(-1) == y).float().mean()) > 0.95
