@@ -1,0 +1,147 @@
+"""Continual learning: task streams, the accuracy matrix and its metrics, a replay buffer, and EWC.
+
+The accuracy matrix R (T, T) holds R[i, j] = accuracy on task j after training on tasks 0..i.
+With T tasks (0-based):
+
+    average accuracy      A   = (1/T) sum_j R[T-1, j]
+    average forgetting    F   = 1/(T-1) sum_{j<T-1} max_{l<T-1} (R[l, j] - R[T-1, j])   (Chaudhry et al. 2018)
+    backward transfer     BWT = 1/(T-1) sum_{j<T-1} (R[T-1, j] - R[j, j])                 (Lopez-Paz & Ranzato 2017)
+    forward transfer      FWT = 1/(T-1) sum_{j>0} (R[j-1, j] - b[j])                       (b: accuracy of an untrained model)
+
+Forgetting is >= 0; backward transfer is negative when learning later tasks hurt earlier ones.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def class_incremental_tasks(classes: Sequence[int], n_tasks: int, gen: torch.Generator | None = None) -> list[tuple[int, ...]]:
+    """Split `classes` into `n_tasks` disjoint groups of equal size, in the given order or in a random
+    order drawn from `gen`. Raises if the classes do not divide evenly."""
+    classes = list(classes)
+    if len(classes) % n_tasks:
+        raise ValueError(f"{len(classes)} classes do not split into {n_tasks} equal tasks")
+    if gen is not None:
+        classes = [classes[i] for i in torch.randperm(len(classes), generator=gen)]
+    k = len(classes) // n_tasks
+    return [tuple(classes[t * k:(t + 1) * k]) for t in range(n_tasks)]
+
+
+def split_by_task(x: torch.Tensor, y: torch.Tensor, tasks: Sequence[tuple[int, ...]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The examples of each task's classes, in task order: [(x_t, y_t), ...] (labels unchanged)."""
+    out = []
+    for task in tasks:
+        keep = torch.isin(y, torch.tensor(task, device=y.device))
+        out.append((x[keep], y[keep]))
+    return out
+
+
+def domain_incremental(x: torch.Tensor, y: torch.Tensor, transforms: Sequence[Callable[[torch.Tensor], torch.Tensor]],
+                       gen: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Domain-incremental stream: a random disjoint share of the data per task, each seen through its
+    own input transform (same label space throughout)."""
+    order = torch.randperm(len(x), generator=gen)
+    chunks = order.chunk(len(transforms))
+    return [(t(x[idx]), y[idx]) for t, idx in zip(transforms, chunks)]
+
+
+def average_accuracy(R: torch.Tensor) -> float:
+    """Mean accuracy over all tasks after the last one: mean_j R[T-1, j]."""
+    return float(R[-1].mean())
+
+
+def average_forgetting(R: torch.Tensor) -> float:
+    """Mean over the first T-1 tasks of the drop from their best earlier accuracy to the final one."""
+    T = R.shape[0]
+    if T < 2:
+        return 0.0
+    best = R[:-1, :-1].max(0).values  # best accuracy on task j before the last task
+    return float((best - R[-1, :-1]).mean())
+
+
+def backward_transfer(R: torch.Tensor) -> float:
+    """Mean over the first T-1 tasks of (final accuracy - accuracy right after learning the task)."""
+    T = R.shape[0]
+    if T < 2:
+        return 0.0
+    return float((R[-1, :-1] - R.diagonal()[:-1]).mean())
+
+
+def forward_transfer(R: torch.Tensor, baseline: torch.Tensor) -> float:
+    """Mean over tasks 1..T-1 of (accuracy before training on the task - an untrained model's)."""
+    T = R.shape[0]
+    if T < 2:
+        return 0.0
+    before = torch.stack([R[j - 1, j] for j in range(1, T)])
+    return float((before - baseline[1:]).mean())
+
+
+class ReservoirBuffer:
+    """A fixed-size replay memory filled by reservoir sampling (Vitter's algorithm R): after n items
+    have been offered, each of them is in the buffer with probability capacity / n."""
+
+    def __init__(self, capacity: int, gen: torch.Generator) -> None:
+        self.capacity, self.gen, self.seen, self._n = capacity, gen, 0, 0
+        self.x: torch.Tensor | None = None
+        self.y: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Offer a batch of examples x (B, ...), y (B,) one by one."""
+        for xi, yi in zip(x, y):
+            if self.x is None:
+                self.x = torch.empty((self.capacity, *xi.shape), dtype=xi.dtype)
+                self.y = torch.empty(self.capacity, dtype=yi.dtype)
+            if self._n < self.capacity:
+                self.x[self._n], self.y[self._n] = xi, yi
+                self._n += 1
+            else:
+                j = int(torch.randint(0, self.seen + 1, (1,), generator=self.gen))
+                if j < self.capacity:
+                    self.x[j], self.y[j] = xi, yi
+            self.seen += 1
+
+    def sample(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """k examples drawn uniformly with replacement from the buffer."""
+        if self._n == 0:
+            raise ValueError("the buffer is empty")
+        idx = torch.randint(0, self._n, (k,), generator=self.gen)
+        return self.x[idx], self.y[idx]
+
+
+class EWC:
+    """Elastic weight consolidation (Kirkpatrick et al. 2017): after a task, remember the weights
+    theta* and the diagonal empirical Fisher F_i = E[(d log p(y|x) / d theta_i)^2]; later tasks add
+    (lambda / 2) sum_i F_i (theta_i - theta*_i)^2 to their loss. Several tasks accumulate."""
+
+    def __init__(self, strength: float) -> None:
+        self.strength = strength
+        self.terms: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
+
+    def consolidate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1) -> None:
+        """Add the Fisher and anchor of the task with data (x, y); per-example gradients when batch = 1."""
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        fisher = {n: torch.zeros_like(p) for n, p in params.items()}
+        for i in range(0, len(x), batch):
+            model.zero_grad()
+            F.cross_entropy(model(x[i:i + batch]), y[i:i + batch], reduction="sum").backward()
+            for n, p in params.items():
+                if p.grad is not None:
+                    fisher[n] += p.grad.detach() ** 2
+        model.zero_grad()
+        self.terms.append(({n: f / len(x) for n, f in fisher.items()}, {n: p.detach().clone() for n, p in params.items()}))
+
+    def penalty(self, model: nn.Module) -> torch.Tensor:
+        """(lambda / 2) sum over consolidated tasks of sum_i F_i (theta_i - theta*_i)^2."""
+        params = dict(model.named_parameters())
+        total = torch.zeros(())
+        for fisher, anchor in self.terms:
+            for n, f in fisher.items():
+                total = total + (f * (params[n] - anchor[n]) ** 2).sum()
+        return 0.5 * self.strength * total

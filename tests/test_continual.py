@@ -1,0 +1,84 @@
+"""Continual-learning toolkit: metrics on hand-computed matrices, reservoir uniformity, EWC's Fisher."""
+import pytest
+import torch
+from torch import nn
+
+from ptmlib import continual as CL
+
+# R[i, j]: accuracy on task j after training tasks 0..i (3 tasks)
+R = torch.tensor([[0.9, 0.1, 0.2],
+                  [0.6, 0.8, 0.3],
+                  [0.5, 0.7, 0.9]])
+
+
+def test_metrics_on_a_hand_computed_matrix():
+    assert CL.average_accuracy(R) == pytest.approx((0.5 + 0.7 + 0.9) / 3)
+    # forgetting: task 0 best 0.9 -> 0.5 (0.4), task 1 best 0.8 -> 0.7 (0.1)
+    assert CL.average_forgetting(R) == pytest.approx(0.25)
+    # backward transfer: (0.5 - 0.9 + 0.7 - 0.8) / 2
+    assert CL.backward_transfer(R) == pytest.approx(-0.25)
+    # forward transfer: (R[0,1] - b1 + R[1,2] - b2) / 2 with b = 0.1 each
+    assert CL.forward_transfer(R, torch.tensor([0.1, 0.1, 0.1])) == pytest.approx((0.0 + 0.2) / 2)
+    perfect = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    assert CL.average_forgetting(perfect) == 0.0 and CL.backward_transfer(perfect) == 0.0
+
+
+def test_forgetting_uses_the_best_earlier_accuracy_not_the_diagonal():
+    late_peak = torch.tensor([[0.5, 0.0, 0.0], [0.9, 0.8, 0.0], [0.6, 0.8, 0.9]])
+    assert CL.average_forgetting(late_peak) == pytest.approx((0.3 + 0.0) / 2)
+    assert CL.backward_transfer(late_peak) == pytest.approx((0.1 + 0.0) / 2)  # transfer can be positive
+
+
+def test_class_incremental_split_is_a_partition():
+    tasks = CL.class_incremental_tasks(range(10), 5)
+    assert tasks == [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
+    shuffled = CL.class_incremental_tasks(range(10), 5, torch.Generator().manual_seed(0))
+    assert sorted(c for t in shuffled for c in t) == list(range(10))
+    with pytest.raises(ValueError):
+        CL.class_incremental_tasks(range(10), 3)
+    y = torch.tensor([0, 1, 2, 3, 1])
+    parts = CL.split_by_task(torch.arange(5.0)[:, None], y, [(0, 1), (2, 3)])
+    assert parts[0][1].tolist() == [0, 1, 1] and parts[1][1].tolist() == [2, 3]
+
+
+def test_domain_incremental_partitions_the_data_and_applies_each_transform():
+    x, y = torch.ones(9, 2), torch.arange(9)
+    stream = CL.domain_incremental(x, y, [lambda v: v, lambda v: 2 * v, lambda v: -v], torch.Generator().manual_seed(0))
+    assert sorted(int(i) for _, ys in stream for i in ys) == list(range(9))
+    assert [float(xs[0, 0]) for xs, _ in stream] == [1.0, 2.0, -1.0]
+
+
+def test_reservoir_keeps_every_item_with_equal_probability():
+    counts = torch.zeros(20)
+    for seed in range(600):
+        buf = CL.ReservoirBuffer(5, torch.Generator().manual_seed(seed))
+        for start in range(0, 20, 4):  # offered in batches
+            buf.add(torch.arange(start, start + 4.0)[:, None], torch.arange(start, start + 4))
+        assert len(buf) == 5
+        counts[buf.y] += 1
+    freq = counts / 600  # each item kept with probability 5 / 20
+    assert torch.allclose(freq, torch.full((20,), 0.25), atol=0.06)
+    x, y = buf.sample(7)
+    assert x.shape == (7, 1) and torch.equal(x[:, 0].long(), y)
+    with pytest.raises(ValueError):
+        CL.ReservoirBuffer(3, torch.Generator()).sample(1)
+
+
+def test_ewc_fisher_is_the_mean_squared_gradient_and_the_penalty_is_quadratic():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    x, y = torch.randn(6, 3), torch.tensor([0, 1, 1, 0, 1, 0])
+    ewc = CL.EWC(strength=2.0)
+    ewc.consolidate(model, x, y)
+    manual = torch.zeros_like(model.weight)
+    for i in range(6):
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
+        manual += model.weight.grad ** 2
+    fisher, anchor = ewc.terms[0]
+    assert torch.allclose(fisher["weight"], manual / 6, atol=1e-6)
+    assert float(ewc.penalty(model).detach()) == 0.0
+    with torch.no_grad():
+        model.weight.add_(0.1)
+    expected = 0.5 * 2.0 * float((fisher["weight"] * 0.01).sum())
+    assert float(ewc.penalty(model).detach()) == pytest.approx(expected, rel=1e-5)
