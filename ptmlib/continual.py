@@ -145,3 +145,98 @@ class EWC:
             for n, f in fisher.items():
                 total = total + (f * (params[n] - anchor[n]) ** 2).sum()
         return 0.5 * self.strength * total
+
+
+@torch.no_grad()
+def accuracy_row(model: Callable[[torch.Tensor], torch.Tensor], tests: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Accuracy of model (x -> logits over all classes) on each task's test set: (T,)."""
+    return torch.tensor([float((model(x).argmax(-1) == y).float().mean()) for x, y in tests])
+
+
+def train_sequentially(model: nn.Module, stream: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                       tests: Sequence[tuple[torch.Tensor, torch.Tensor]], steps: int, gen: torch.Generator, *,
+                       lr: float = 1e-3, batch: int = 32, optimizer: str = "adam",
+                       replay: ReservoirBuffer | None = None, ewc: EWC | None = None) -> torch.Tensor:
+    """Train `model` on the tasks of `stream` one after another (one optimiser per task, cross-entropy
+    over all classes: class-incremental, no task identity) and return the accuracy matrix R (T, T).
+    With `replay`, every step adds a minibatch of the same size from the buffer, and each task's data
+    is offered to the buffer after the task; with `ewc`, its penalty is added and each task is
+    consolidated after training."""
+    T = len(stream)
+    R = torch.zeros(T, T)
+    for t, (x, y) in enumerate(stream):
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=lr) if optimizer == "adam" else torch.optim.SGD(params, lr=lr)
+        for _ in range(steps):
+            i = torch.randint(0, len(x), (batch,), generator=gen)
+            xb, yb = x[i], y[i]
+            if replay is not None and len(replay):
+                rx, ry = replay.sample(batch)
+                xb, yb = torch.cat([xb, rx]), torch.cat([yb, ry])
+            loss = F.cross_entropy(model(xb), yb)
+            if ewc is not None and ewc.terms:
+                loss = loss + ewc.penalty(model)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if replay is not None:
+            replay.add(x, y)
+        if ewc is not None:
+            ewc.consolidate(model, x, y, batch=16)
+        R[t] = accuracy_row(model, tests)
+    return R
+
+
+class NearestMean:
+    """Nearest class mean on frozen features (cosine): the exemplar-free baseline of Janson et al.
+    (P8). Learning a task only adds its class means, so earlier classes are never overwritten."""
+
+    def __init__(self, n_classes: int, dim: int) -> None:
+        self.means = torch.zeros(n_classes, dim)
+        self.seen = torch.zeros(n_classes, dtype=torch.bool)
+
+    def learn(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        for c in y.unique():
+            self.means[c] = F.normalize(x[y == c], dim=-1).mean(0)
+            self.seen[c] = True
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Scores (N, n_classes): cosine to each class mean, -inf for classes not seen yet."""
+        scores = F.normalize(x, dim=-1) @ F.normalize(self.means, dim=-1).T
+        return scores.masked_fill(~self.seen, float("-inf"))
+
+
+class KeyValueBottleneck(nn.Module):
+    """Discrete key-value bottleneck (Traeuble et al., P99): the input is projected into `heads` low-
+    dimensional queries by fixed random matrices; each query picks its nearest key (keys sampled from
+    unlabeled data, then frozen) and reads that key's trainable value (n_classes,); the output is the
+    mean of the read values. Only the selected values receive gradients, so learning one region of
+    input space leaves the values of the others untouched. x (N, d) -> (N, n_classes)."""
+
+    def __init__(self, unlabeled: torch.Tensor, n_classes: int, gen: torch.Generator, heads: int = 16,
+                 keys: int = 64, key_dim: int = 2) -> None:
+        super().__init__()
+        d = unlabeled.shape[1]
+        self.register_buffer("proj", torch.randn(heads, key_dim, d, generator=gen) / d ** 0.5)
+        z = torch.einsum("hkd,nd->hnk", self.proj, unlabeled)
+        pick = torch.randint(0, len(unlabeled), (heads, keys), generator=gen)
+        self.register_buffer("keys", torch.stack([z[h, pick[h]] for h in range(heads)]))
+        self.values = nn.Parameter(torch.zeros(heads, keys, n_classes))
+
+    def select(self, x: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest key per head: (heads, N)."""
+        return torch.cdist(torch.einsum("hkd,nd->hnk", self.proj, x), self.keys).argmin(-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sel = self.select(x)
+        return torch.stack([self.values[h][sel[h]] for h in range(len(sel))]).mean(0)
+
+
+def gaussian_rings(n: int, gen: torch.Generator, n_classes: int = 8, radius: float = 3.0,
+                   noise: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bottleneck paper's toy: n points in 2-D from n_classes Gaussian blobs evenly spaced on a
+    circle of `radius` (std `noise`), with their class labels."""
+    angle = 2 * torch.pi * torch.arange(n_classes) / n_classes
+    centres = radius * torch.stack([angle.cos(), angle.sin()], 1)
+    y = torch.randint(0, n_classes, (n,), generator=gen)
+    return centres[y] + noise * torch.randn(n, 2, generator=gen), y

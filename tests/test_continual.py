@@ -82,3 +82,45 @@ def test_ewc_fisher_is_the_mean_squared_gradient_and_the_penalty_is_quadratic():
         model.weight.add_(0.1)
     expected = 0.5 * 2.0 * float((fisher["weight"] * 0.01).sum())
     assert float(ewc.penalty(model).detach()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_nearest_mean_learns_class_means_and_ignores_unseen_classes():
+    nm = CL.NearestMean(3, 2)
+    x = torch.tensor([[1.0, 0.0], [2.0, 0.1], [0.0, 1.0]])
+    y = torch.tensor([0, 0, 1])
+    nm.learn(x, y)
+    scores = nm(torch.tensor([[0.9, 0.1], [0.1, 0.9]]))
+    assert scores.argmax(-1).tolist() == [0, 1] and torch.isinf(scores[:, 2]).all()
+
+
+def test_key_value_bottleneck_updates_only_the_selected_values():
+    g = torch.Generator().manual_seed(0)
+    unlabeled = torch.randn(100, 4, generator=g)
+    model = CL.KeyValueBottleneck(unlabeled, 3, g, heads=5, keys=7, key_dim=2)
+    x = torch.randn(2, 4, generator=g)
+    nn.functional.cross_entropy(model(x), torch.tensor([0, 1])).backward()
+    used = torch.zeros(5, 7, dtype=torch.bool)
+    sel = model.select(x)
+    for h in range(5):
+        used[h, sel[h]] = True
+    touched = model.values.grad.abs().sum(-1) > 0
+    assert torch.equal(touched, used)
+    with torch.no_grad():
+        model.values[:] = torch.randn(5, 7, 3, generator=g)
+    manual = torch.stack([model.values[h][sel[h]] for h in range(5)]).mean(0)
+    assert torch.allclose(model(x), manual)
+
+
+def test_train_sequentially_fills_the_accuracy_matrix_and_naive_training_forgets():
+    g = torch.Generator().manual_seed(0)
+    x, y = CL.gaussian_rings(2000, g, n_classes=4)
+    assert x.shape == (2000, 2) and set(y.tolist()) == {0, 1, 2, 3}
+    stream = CL.split_by_task(x, y, [(0, 1), (2, 3)])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 4))
+    R = CL.train_sequentially(model, stream, stream, 200, g, lr=1e-2)
+    assert R.shape == (2, 2) and R[0, 0] > 0.9 and R[1, 1] > 0.9 and R[1, 0] < R[0, 0] - 0.15  # learned, then lost
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 4))
+    R_replay = CL.train_sequentially(model, stream, stream, 200, g, lr=1e-2, replay=CL.ReservoirBuffer(50, g))
+    assert R_replay[1, 0] > R[1, 0] + 0.1
