@@ -12,6 +12,7 @@ Forgetting is >= 0; backward transfer is negative when learning later tasks hurt
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -240,3 +241,80 @@ def gaussian_rings(n: int, gen: torch.Generator, n_classes: int = 8, radius: flo
     centres = radius * torch.stack([angle.cos(), angle.sin()], 1)
     y = torch.randint(0, n_classes, (n,), generator=gen)
     return centres[y] + noise * torch.randn(n, 2, generator=gen), y
+
+
+def lm_race(model: nn.Module, batch_fns: Sequence[Callable[[torch.Generator], torch.Tensor]],
+            lr_fns: Sequence[Callable[[int], float]], steps: int, profile, evals: dict[str, tuple[object, torch.Tensor]],
+            eval_every: int = 50) -> dict[str, list[tuple[int, torch.Tensor]]]:
+    """Train the members of a token ensemble (`ptmlib.lm.ensemble_lm`) side by side, member e on its own
+    batches `batch_fns[e](gen)` -> ids (B, T) with its own learning-rate schedule `lr_fns[e](step)`
+    (causal LM, AdamW). Every `eval_every` steps (and at 0 and the end) record each member's
+    cross-entropy on every evaluation set {name: (MarkovSource, ids)}, as entropy rate + exact KL.
+    Returns {name: [(step, losses (E,))]}."""
+    from ptmlib import lm
+    from ptmlib.objectives import causal_lm
+    from ptmlib.scaling import excess_eval
+
+    E = len(batch_fns)
+    opt = torch.optim.AdamW(model.parameters(), lr=1.0, weight_decay=0.0)
+    gen = profile.generator(1000, device="cpu")
+    curves: dict[str, list[tuple[int, torch.Tensor]]] = {name: [] for name in evals}
+
+    def record(step: int) -> None:
+        for name, (source, x) in evals.items():
+            curves[name].append((step, excess_eval(model, source, x) + source.entropy_rate))
+
+    record(0)
+    for step in range(steps):
+        batches = [causal_lm(fn(gen)) for fn in batch_fns]
+        inputs = torch.stack([b.inputs for b in batches]).to(profile.device)
+        targets = torch.stack([b.targets for b in batches]).to(profile.device)
+        opt.zero_grad(set_to_none=True)
+        lm.scored_losses(model, inputs, targets, None, causal=True).sum().backward()
+        lm.member_adamw_step(opt, torch.tensor([fn(step) for fn in lr_fns[:E]]))
+        if (step + 1) % eval_every == 0 or step == steps - 1:
+            record(step + 1)
+    return curves
+
+
+def mixed_batches(pool_new: torch.Tensor, pool_old: torch.Tensor, batch: int, replay: float) -> Callable[[torch.Generator], torch.Tensor]:
+    """A batch function drawing round(replay * batch) sequences from the old source's pool and the
+    rest from the new one's (replay of the pretraining data during continued pretraining)."""
+    n_old = round(replay * batch)
+
+    def draw(gen: torch.Generator) -> torch.Tensor:
+        new = pool_new[torch.randint(0, len(pool_new), (batch - n_old,), generator=gen)]
+        old = pool_old[torch.randint(0, len(pool_old), (n_old,), generator=gen)]
+        return torch.cat([new, old])
+
+    return draw
+
+
+def rewarm_cosine(peak: float, warmup: int, steps: int, floor: float = 0.1) -> Callable[[int], float]:
+    """Re-warming for continued pretraining (Gupta et al.): linear warmup from 0 to `peak` over
+    `warmup` steps, then cosine decay to floor * peak at `steps`."""
+    def lr(step: int) -> float:
+        if step < warmup:
+            return peak * (step + 1) / warmup
+        t = (step - warmup) / max(1, steps - warmup)
+        return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+    return lr
+
+
+def infinite_schedule(peak: float, warmup: int, cooldown: int, constant: float, anneal_start: int | None,
+                      anneal: int, floor: float = 0.0) -> Callable[[int], float]:
+    """The infinite learning-rate schedule (Ibrahim et al.): warmup to `peak`, cosine cooldown to the
+    `constant` level over `cooldown` steps, a constant phase of any length, and - only when a model is
+    wanted - a short anneal from `constant` to `floor` over `anneal` steps starting at `anneal_start`
+    (None: never). Continued pretraining resumes in the constant phase, with no re-warming."""
+    def lr(step: int) -> float:
+        if step < warmup:
+            return peak * (step + 1) / warmup
+        if step < warmup + cooldown:
+            t = (step - warmup) / cooldown
+            return constant + (peak - constant) * 0.5 * (1 + math.cos(math.pi * t))
+        if anneal_start is None or step < anneal_start:
+            return constant
+        t = min(1.0, (step - anneal_start) / max(1, anneal))
+        return constant + (floor - constant) * t
+    return lr

@@ -27,8 +27,21 @@ class MarkovSource:
         P = np.zeros((n_symbols, n_symbols))
         for i in range(n_symbols):
             P[i, rng.permutation(n_symbols)[:n_successors]] = rng.dirichlet(np.full(n_successors, alpha))
-        self.P = P = torch.from_numpy(P)
-        self.n = n_symbols
+        self._set_matrix(torch.from_numpy(P))
+
+    @classmethod
+    def mixture(cls, a: "MarkovSource", b: "MarkovSource", weight: float) -> "MarkovSource":
+        """The source with transition matrix (1 - weight) P_a + weight P_b: a language that shares part
+        of its structure with `a` (a distribution shift of controllable size)."""
+        if a.n != b.n:
+            raise ValueError(f"sources have {a.n} and {b.n} symbols")
+        out = cls.__new__(cls)
+        out._set_matrix((1 - weight) * a.P + weight * b.P)
+        return out
+
+    def _set_matrix(self, P: torch.Tensor) -> None:
+        self.P = P
+        self.n = P.shape[0]
         evals, evecs = torch.linalg.eig(P.T)
         k = int(torch.argmin((evals - 1).abs()))
         pi = evecs[:, k].real
