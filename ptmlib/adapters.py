@@ -98,9 +98,7 @@ def inject(model: nn.Module, targets: list[str], wrap: Callable[[str, nn.Linear]
         raise ValueError(f"no nn.Linear matches {targets}")
     model.requires_grad_(False)
     for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, wrap(name, getattr(parent, child)))
+        model.set_submodule(name, wrap(name, model.get_submodule(name)))
     return names
 
 
@@ -108,9 +106,7 @@ def merge(model: nn.Module) -> nn.Module:
     """Replace every LoRA / IA3 wrapper in `model` by its merged nn.Linear (in place); returns model."""
     for name, module in list(model.named_modules()):
         if isinstance(module, (LoRALinear, IA3Linear)):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, module.merged())
+            model.set_submodule(name, module.merged())
     return model
 
 

@@ -13,7 +13,7 @@ most, the pretrained value everywhere else. `ece` is the expected calibration er
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -94,13 +94,11 @@ def rank_for_fraction(d_in: int, d_out: int, fraction: float) -> int:
     return max(1, int(fraction * d_in * d_out / (d_in + d_out)))
 
 
-def replace_linears(model: nn.Module, make, skip: tuple[str, ...] = ()) -> list[str]:
+def replace_linears(model: nn.Module, make: Callable[[nn.Linear], nn.Module], skip: tuple[str, ...] = ()) -> list[str]:
     """Replace every nn.Linear of `model` (not under a name in `skip`) by make(layer); returns the names."""
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.startswith(skip)]
     for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, make(getattr(parent, child)))
+        model.set_submodule(name, make(model.get_submodule(name)))
     return names
 
 
