@@ -9,6 +9,7 @@ Each wraps a frozen `nn.Linear` (shapes: x (..., d_in) -> (..., d_out)):
 
 At initialisation LoRA, IA3 and adapters leave the network's function unchanged. LoRA and IA3 merge
 exactly into the frozen weight (`merge`), so the adapted model costs nothing extra at inference.
+`GatedLoRALinear` adds a diagonal gate between B and A whose L1 penalty selects the rank.
 `inject` swaps wrappers in for the linear layers whose qualified names end with one of `targets`.
 `PromptTuning` instead prepends n learned input vectors to a frozen model. The tests check LoRA, IA3
 and prompt tuning against the `peft` library on the same model (same outputs after the same updates).
@@ -45,6 +46,38 @@ class LoRALinear(nn.Module):
             if self.base.bias is not None:
                 out.bias.copy_(self.base.bias)
         return out
+
+
+class GatedLoRALinear(LoRALinear):
+    """LoRA with a learned diagonal between B and A (rank-selective LoRA, Lu et al., P38):
+    y = W x + b + (alpha / r) B diag(g) A x, g initialised at ones. An L1 penalty on g, applied as a
+    soft threshold after each optimiser step (`soft_threshold_`), drives whole ranks to exactly zero;
+    `active_rank` counts those left. `bake` folds the current update into the frozen weight and
+    restarts the adapter (fresh A, zero B, unit g) - the function is unchanged."""
+
+    def __init__(self, base: nn.Linear, r: int = 8, alpha: float = 16.0) -> None:
+        super().__init__(base, r, alpha)
+        self.g = nn.Parameter(torch.ones(r))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + F.linear(F.linear(x, self.A) * self.g, self.B) * self.scaling
+
+    def active_rank(self) -> int:
+        return int((self.g != 0).sum())
+
+    @torch.no_grad()
+    def bake(self) -> None:
+        self.base.weight += self.scaling * (self.B * self.g) @ self.A
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        self.B.zero_()
+        self.g.fill_(1.0)
+
+
+@torch.no_grad()
+def soft_threshold_(params: list[torch.Tensor], amount: float) -> None:
+    """The proximal step of an L1 penalty, in place: p <- sign(p) max(|p| - amount, 0)."""
+    for p in params:
+        p.copy_(torch.sign(p) * (p.abs() - amount).clamp(min=0))
 
 
 class IA3Linear(nn.Module):

@@ -9,11 +9,17 @@ With T tasks (0-based):
     forward transfer      FWT = 1/(T-1) sum_{j>0} (R[j-1, j] - b[j])                       (b: accuracy of an untrained model)
 
 Forgetting is >= 0; backward transfer is negative when learning later tasks hurt earlier ones.
+
+Training (`train_sequentially`) uses either a global loss (cross-entropy over all classes) or a local
+one (over the current task's classes only; evaluation then chooses among the classes seen so far),
+and takes hooks for parameter-efficient methods: LAE's online/offline experts (`LAE`) and rank-
+selective LoRA (`adapters.GatedLoRALinear`).
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -148,44 +154,155 @@ class EWC:
         return 0.5 * self.strength * total
 
 
+class Rows:
+    """Several tensors with the same first dimension, indexed together: rows[i] is Rows(t[i] for each t).
+    Lets a model with several inputs, model(a, b, c), ride through `split_by_task` and `train_sequentially`."""
+
+    def __init__(self, *tensors: torch.Tensor) -> None:
+        if len({len(t) for t in tensors}) != 1:
+            raise ValueError(f"Rows needs tensors of equal length, got {[len(t) for t in tensors]}")
+        self.tensors = tensors
+
+    def __getitem__(self, i: torch.Tensor | slice | int) -> Rows:
+        return Rows(*(t[i] for t in self.tensors))
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+
+class CosineClassifier(nn.Module):
+    """body(*inputs) -> features (B, d) -> L2-normalised, times `scale` -> linear head (B, n_classes).
+    Inputs are a tensor or `Rows`."""
+
+    def __init__(self, body: nn.Module, dim: int, n_classes: int, scale: float = 10.0) -> None:
+        super().__init__()
+        self.body, self.scale = body, scale
+        self.head = nn.Linear(dim, n_classes)
+
+    def forward(self, x: torch.Tensor | Rows) -> torch.Tensor:
+        feats = self.body(*x.tensors) if isinstance(x, Rows) else self.body(x)
+        return self.head(F.normalize(feats, dim=-1) * self.scale)
+
+
+def restrict(logits: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
+    """Logits (N, C) with every class outside `classes` set to -inf (no change when classes is None)."""
+    if classes is None:
+        return logits
+    keep = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    keep[classes] = True
+    return logits.masked_fill(~keep, float("-inf"))
+
+
 @torch.no_grad()
-def accuracy_row(model: Callable[[torch.Tensor], torch.Tensor], tests: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """Accuracy of model (x -> logits over all classes) on each task's test set: (T,)."""
-    return torch.tensor([float((model(x).argmax(-1) == y).float().mean()) for x, y in tests])
+def accuracy_row(model: Callable[[torch.Tensor], torch.Tensor], tests: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                 classes: torch.Tensor | None = None) -> torch.Tensor:
+    """Accuracy of model (x -> scores over all classes) on each task's test set: (T,); with `classes`,
+    the prediction is chosen among those classes only (the classes seen so far)."""
+    return torch.tensor([float((restrict(model(x), classes).argmax(-1) == y).float().mean()) for x, y in tests])
 
 
 def train_sequentially(model: nn.Module, stream: Sequence[tuple[torch.Tensor, torch.Tensor]],
                        tests: Sequence[tuple[torch.Tensor, torch.Tensor]], steps: int, gen: torch.Generator, *,
                        lr: float = 1e-3, batch: int = 32, optimizer: str = "adam",
-                       replay: ReservoirBuffer | None = None, ewc: EWC | None = None) -> torch.Tensor:
-    """Train `model` on the tasks of `stream` one after another (one optimiser per task, cross-entropy
-    over all classes: class-incremental, no task identity) and return the accuracy matrix R (T, T).
-    With `replay`, every step adds a minibatch of the same size from the buffer, and each task's data
-    is offered to the buffer after the task; with `ewc`, its penalty is added and each task is
-    consolidated after training."""
+                       replay: ReservoirBuffer | None = None, ewc: EWC | None = None, local: bool = False,
+                       lr_by_suffix: Mapping[str, float] | None = None,
+                       after_step: Callable[[nn.Module], None] | None = None,
+                       after_task: Callable[[nn.Module, int], None] | None = None,
+                       views: Mapping[str, Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]] | None = None,
+                       ) -> torch.Tensor | dict[str, torch.Tensor]:
+    """Train `model` on the tasks of `stream` one after another (one optimiser per task, no task
+    identity at test time) and return the accuracy matrix R (T, T).
+
+    The loss is cross-entropy over all classes (global), or with `local` over the current task's
+    classes only - then the rows of earlier classes in the head get no gradient, and evaluation picks
+    among the classes seen so far. With `replay`, every step adds a minibatch of the same size from the
+    buffer, and each task's data is offered to the buffer after the task; with `ewc`, its penalty is
+    added and each task is consolidated after training. `lr_by_suffix` gives parameters whose names end
+    with a suffix their own learning rate; `after_step(model)` runs after every optimiser step,
+    `after_task(model, t)` after each task's evaluation. With `views` (name -> f(x, seen classes) ->
+    scores, e.g. LAE's experts), every view is evaluated too and a dict {"model": R, name: R, ...} is returned."""
     T = len(stream)
-    R = torch.zeros(T, T)
+    R = {"model": torch.zeros(T, T), **{name: torch.zeros(T, T) for name in views or {}}}
+    seen: list[int] = []
     for t, (x, y) in enumerate(stream):
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=lr) if optimizer == "adam" else torch.optim.SGD(params, lr=lr)
+        task = y.unique()
+        seen += task.tolist()
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        special = {sfx: [p for n, p in named if n.endswith(sfx)] for sfx in lr_by_suffix or {}}
+        plain = [p for n, p in named if not any(n.endswith(sfx) for sfx in special)]
+        groups = [{"params": plain}] + [{"params": ps, "lr": (lr_by_suffix or {})[sfx]} for sfx, ps in special.items() if ps]
+        opt = torch.optim.Adam(groups, lr=lr) if optimizer == "adam" else torch.optim.SGD(groups, lr=lr)
         for _ in range(steps):
             i = torch.randint(0, len(x), (batch,), generator=gen)
             xb, yb = x[i], y[i]
             if replay is not None and len(replay):
                 rx, ry = replay.sample(batch)
                 xb, yb = torch.cat([xb, rx]), torch.cat([yb, ry])
-            loss = F.cross_entropy(model(xb), yb)
+            logits = model(xb)
+            loss = F.cross_entropy(restrict(logits, task) if local else logits, yb)
             if ewc is not None and ewc.terms:
                 loss = loss + ewc.penalty(model)
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if after_step is not None:
+                after_step(model)
         if replay is not None:
             replay.add(x, y)
         if ewc is not None:
             ewc.consolidate(model, x, y, batch=16)
-        R[t] = accuracy_row(model, tests)
-    return R
+        classes = torch.tensor(seen) if local else None
+        R["model"][t] = accuracy_row(model, tests, classes)
+        for name, view in (views or {}).items():
+            R[name][t] = accuracy_row(lambda inp: view(inp, classes), tests, classes)
+        if after_task is not None:
+            after_task(model, t)
+    return R if views else R["model"]
+
+
+class LAE:
+    """Learning-accumulation-ensemble (Gao et al., P90) around a model whose trainable parameters are a
+    parameter-efficient module: the model itself is the *online* expert; the *offline* expert has the
+    same frozen weights and an exponential moving average of the trainable ones, updated after every
+    step (`accumulate`): offline <- m * offline + (1 - m) * online. `ensemble` takes, class by class,
+    the larger of the two experts' probabilities."""
+
+    def __init__(self, model: nn.Module, momentum: float) -> None:
+        self.momentum = momentum
+        self.offline = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def accumulate(self, model: nn.Module) -> None:
+        for n, p in model.named_parameters():
+            if n in self.offline:
+                self.offline[n].mul_(self.momentum).add_(p.detach(), alpha=1 - self.momentum)
+
+    @contextmanager
+    def offline_weights(self, model: nn.Module) -> Iterator[nn.Module]:
+        """Inside the block, `model` carries the offline expert's parameters; restored afterwards."""
+        params = dict(model.named_parameters())
+        online = {n: params[n].detach().clone() for n in self.offline}
+        with torch.no_grad():
+            for n, v in self.offline.items():
+                params[n].copy_(v)
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for n, v in online.items():
+                    params[n].copy_(v)
+
+    @torch.no_grad()
+    def offline_logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        with self.offline_weights(model) as m:
+            return m(x)
+
+    @torch.no_grad()
+    def ensemble(self, model: nn.Module, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """Class-wise max of the online and offline experts' probabilities over `classes` (N, C)."""
+        online = restrict(model(x), classes).softmax(-1)
+        offline = restrict(self.offline_logits(model, x), classes).softmax(-1)
+        return torch.maximum(online, offline)
 
 
 class NearestMean:

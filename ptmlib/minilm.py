@@ -7,12 +7,14 @@ sentence-transformers recipe: mean of the last hidden states over real tokens, L
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"  # model.safetensors, v0.1.0
@@ -71,3 +73,41 @@ def embed(texts: list[str], batch: int = 64, max_length: int = 128, device: str 
             hidden = model(**enc).last_hidden_state
             out.append(F.normalize(mean_pool(hidden, enc["attention_mask"]), dim=-1).cpu())
     return torch.cat(out)
+
+
+def last_ffn_inputs(texts: list[str], max_length: int = 32, batch: int = 64,
+                    device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the last layer's feed-forward output projection sees, for texts padded to max_length:
+    (inner (N, T, 1536), attention output (N, T, 384), attention mask (N, T)). Everything upstream is
+    frozen when only that projection is adapted, so these can be computed once (see `LastFFN`)."""
+    model, tok = load(device)
+    layer = model.encoder.layer[-1]
+    inner, attn, masks = [], [], []
+    with torch.no_grad():
+        for i in range(0, len(texts), batch):
+            enc = tok(texts[i:i + batch], padding="max_length", truncation=True, max_length=max_length,
+                      return_tensors="pt").to(device)
+            h = model(**enc, output_hidden_states=True).hidden_states[-2]  # input of the last layer
+            additive = (1.0 - enc["attention_mask"][:, None, None, :].float()) * torch.finfo(torch.float32).min
+            a = layer.attention(h, attention_mask=additive)
+            a = a[0] if isinstance(a, tuple) else a
+            inner.append(layer.intermediate(a).cpu())
+            attn.append(a.cpu())
+            masks.append(enc["attention_mask"].cpu())
+    return torch.cat(inner), torch.cat(attn), torch.cat(masks)
+
+
+class LastFFN(nn.Module):
+    """A copy of the encoder's last feed-forward output block (dense 1536 -> 384, residual, LayerNorm)
+    followed by mean pooling: on `last_ffn_inputs` it returns exactly the pooled output `embed`
+    normalises. (inner (B, T, 1536), attention output (B, T, 384), mask (B, T)) -> (B, 384).
+    Its weights are frozen; wrap `output.dense` (e.g. with LoRA) to adapt the model's last projection."""
+
+    def __init__(self, model: nn.Module | None = None) -> None:
+        super().__init__()
+        model = load("cpu")[0] if model is None else model
+        self.output = copy.deepcopy(model.encoder.layer[-1].output).requires_grad_(False)
+        self.output.dropout = nn.Identity()  # the cached inputs were computed without dropout too
+
+    def forward(self, inner: torch.Tensor, attn: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return mean_pool(self.output(inner, attn), mask)

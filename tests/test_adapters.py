@@ -123,3 +123,38 @@ def test_lora_vs_peft_reports_agreement_and_catches_a_wrong_scaling(monkeypatch)
                         lambda self, x: original(self, x) + 0.01 * self.scaling * F.linear(F.linear(x, self.A), self.B))
     wrong = adapters.lora_vs_peft(model(), ["query", "value"], r=4, alpha=8, batches=batches(3), loss=loss)
     assert wrong["init"] == 0.0 and wrong["trained"] > 1e-4  # B = 0 hides it at init, not after training
+
+
+def test_gated_lora_equals_lora_at_unit_gates_and_bake_keeps_the_function():
+    torch.manual_seed(0)
+    base = torch.nn.Linear(6, 5)
+    plain, gated = adapters.LoRALinear(copy.deepcopy(base), r=3, alpha=6), adapters.GatedLoRALinear(copy.deepcopy(base), r=3, alpha=6)
+    with torch.no_grad():
+        for m in (plain, gated):
+            m.A.copy_(torch.randn(3, 6, generator=torch.Generator().manual_seed(1)))
+            m.B.copy_(torch.randn(5, 3, generator=torch.Generator().manual_seed(2)))
+    x = torch.randn(4, 6)
+    assert torch.allclose(gated(x), plain(x), atol=1e-6)
+    with torch.no_grad():
+        gated.g.copy_(torch.tensor([0.5, 0.0, -2.0]))
+    expect = base(x) + 2.0 * x @ gated.A.T @ torch.diag(gated.g) @ gated.B.T  # closed form, scaling alpha / r = 2
+    assert torch.allclose(gated(x), expect, atol=1e-5)
+    assert gated.active_rank() == 2
+    before = gated(x).detach()
+    gated.bake()
+    assert torch.allclose(gated(x), before, atol=1e-5)  # the update now lives in the frozen weight
+    assert bool((gated.B == 0).all()) and bool((gated.g == 1).all()) and gated.active_rank() == 3
+    assert not gated.base.weight.requires_grad
+
+
+def test_soft_threshold_is_the_l1_proximal_step():
+    p = torch.tensor([1.0, -0.3, 0.05, -2.0])
+    adapters.soft_threshold_([p], 0.1)
+    assert torch.allclose(p, torch.tensor([0.9, -0.2, 0.0, -1.9]))
+    # the proximal step minimises 0.5 (q - p0)^2 + a |q| coordinate-wise: check against a dense grid
+    p0, a = torch.tensor([0.7]), 0.25
+    q = p0.clone()
+    adapters.soft_threshold_([q], a)
+    grid = torch.linspace(-2, 2, 40001)
+    best = grid[(0.5 * (grid - p0) ** 2 + a * grid.abs()).argmin()]
+    assert abs(float(q) - float(best)) < 1e-3

@@ -178,3 +178,95 @@ def test_markov_mixture_interpolates_the_transition_matrices():
     assert (m.row_entropy >= 0.75 * a.row_entropy + 0.25 * b.row_entropy - 1e-9).all()  # entropy is concave
     with pytest.raises(ValueError):
         markov.MarkovSource.mixture(a, markov.MarkovSource(5, 2, 0.5), 0.5)
+
+
+def test_rows_index_every_tensor_together_and_reject_ragged_input():
+    a, b = torch.arange(5), torch.arange(10).view(5, 2)
+    rows = CL.Rows(a, b)
+    sub = rows[torch.tensor([True, False, True, False, False])]
+    assert len(sub) == 2 and sub.tensors[0].tolist() == [0, 2] and sub.tensors[1].tolist() == [[0, 1], [4, 5]]
+    with pytest.raises(ValueError, match="equal length"):
+        CL.Rows(a, torch.arange(4))
+
+
+def test_cosine_classifier_ignores_the_feature_scale_and_takes_rows():
+    torch.manual_seed(0)
+    clf = CL.CosineClassifier(nn.Linear(3, 4), 4, 2, scale=5.0)
+    x = torch.randn(6, 3)
+    twice = CL.CosineClassifier(nn.Linear(3, 4), 4, 2, scale=5.0)
+    twice.load_state_dict(clf.state_dict())
+    with torch.no_grad():
+        twice.body.weight.mul_(2)
+        twice.body.bias.mul_(2)
+    assert torch.allclose(clf(x), twice(x), atol=1e-5)
+    assert torch.allclose(clf(CL.Rows(x)), clf(x))
+    feats = torch.nn.functional.normalize(clf.body(x), dim=-1) * 5.0
+    assert torch.allclose(clf(x), feats @ clf.head.weight.T + clf.head.bias, atol=1e-5)
+
+
+def test_accuracy_row_restricted_to_seen_classes():
+    scores = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.9]])
+    tests = [(scores, torch.tensor([0, 0]))]
+    assert CL.accuracy_row(lambda s: s, tests).tolist() == [0.0]
+    assert CL.accuracy_row(lambda s: s, tests, torch.tensor([0])).tolist() == [1.0]
+    assert torch.equal(CL.restrict(scores, torch.tensor([1]))[0], torch.tensor([float("-inf"), 0.9, float("-inf")]))
+
+
+def _stream():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(120, 4, generator=g)
+    y = torch.arange(4).repeat(30)
+    x = x + 3 * torch.nn.functional.one_hot(y, 4).float()
+    tasks = [(0, 1), (2, 3)]
+    return CL.split_by_task(x, y, tasks), CL.split_by_task(x, y, tasks)
+
+
+def test_local_loss_leaves_earlier_classes_head_rows_untouched_and_hooks_run():
+    stream, tests = _stream()
+    torch.manual_seed(0)
+    model = nn.Linear(4, 4)
+    rows_before = model.weight.detach().clone()
+    calls = {"step": 0, "task": []}
+    snapshots = []
+
+    def after_task(m, t):
+        calls["task"].append(t)
+        snapshots.append(m.weight.detach().clone())
+
+    R = CL.train_sequentially(model, stream, tests, 20, torch.Generator().manual_seed(1), lr=0.05, local=True,
+                              after_step=lambda m: calls.__setitem__("step", calls["step"] + 1), after_task=after_task)
+    assert calls["step"] == 40 and calls["task"] == [0, 1]
+    assert torch.equal(snapshots[0][2:], rows_before[2:])  # task 0 never touched classes 2, 3
+    assert torch.equal(snapshots[1][:2], snapshots[0][:2])  # task 1 never touched classes 0, 1
+    assert R[0, 1] == 0.0 and R[0, 0] > 0.9  # after task 0 only classes 0, 1 can be predicted
+
+
+def test_lr_by_suffix_and_views():
+    stream, tests = _stream()
+    torch.manual_seed(0)
+    model = nn.Linear(4, 4)
+    bias = model.bias.detach().clone()
+    out = CL.train_sequentially(model, stream, tests, 10, torch.Generator().manual_seed(1), lr=0.05,
+                                lr_by_suffix={"bias": 0.0}, views={"same": lambda x, c: model(x)})
+    assert torch.equal(model.bias, bias)  # learning rate 0 for the bias
+    assert set(out) == {"model", "same"} and torch.equal(out["model"], out["same"])
+
+
+def test_lae_offline_expert_is_the_moving_average_and_the_ensemble_a_max():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    w0 = model.weight.detach().clone()
+    lae = CL.LAE(model, momentum=0.9)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    lae.accumulate(model)
+    assert torch.allclose(lae.offline["weight"], w0 + 0.1)  # 0.9 * w0 + 0.1 * (w0 + 1)
+    x = torch.randn(5, 3)
+    online = model(x).detach()
+    with lae.offline_weights(model) as m:
+        assert torch.allclose(m.weight, w0 + 0.1)
+    assert torch.allclose(model(x), online)  # restored
+    expect = torch.maximum(online.softmax(-1), lae.offline_logits(model, x).softmax(-1))
+    assert torch.allclose(lae.ensemble(model, x), expect)
+    only0 = lae.ensemble(model, x, torch.tensor([0]))
+    assert torch.allclose(only0, torch.tensor([[1.0, 0.0]]).expand(5, 2))

@@ -53,3 +53,20 @@ def test_embed_with_another_model_uses_it():
     with torch.no_grad():
         other.embeddings.word_embeddings.weight.mul_(0.5)
     assert not torch.allclose(ml.embed(texts, model=other), ml.embed(texts), atol=1e-3)
+
+
+def test_last_ffn_on_cached_inputs_reproduces_the_embedding_and_can_be_adapted():
+    import torch.nn.functional as F
+
+    from ptmlib import adapters
+
+    texts = ["Return the sum of two numbers.", "Open a file for reading and return its lines.", "x"]
+    inner, attn, mask = minilm.last_ffn_inputs(texts, max_length=16)
+    assert inner.shape == (3, 16, 1536) and attn.shape == (3, 16, 384) and mask.shape == (3, 16)
+    tail = minilm.LastFFN()
+    got = F.normalize(tail(inner, attn, mask), dim=-1)
+    assert torch.allclose(got, minilm.embed(texts, max_length=16), atol=1e-5)
+    assert not any(p.requires_grad for p in tail.parameters())
+    adapters.inject(tail, ["dense"], lambda n, lin: adapters.LoRALinear(lin, r=4))
+    assert torch.allclose(F.normalize(tail(inner, attn, mask), dim=-1), got, atol=1e-6)  # LoRA starts at zero
+    assert sum(p.numel() for p in tail.parameters() if p.requires_grad) == 4 * (1536 + 384)
