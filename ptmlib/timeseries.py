@@ -24,6 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ptmlib.profiles import Profile
+from ptmlib.train import History, TrainConfig, train
+
 FREQUENCIES = ("yearly", "quarterly", "monthly", "weekly")
 PERIODS = {"yearly": 0, "quarterly": 4, "monthly": 12, "weekly": 52}
 
@@ -332,12 +335,10 @@ def windows(series: Series, end: int, length: int) -> torch.Tensor:
     return v.unfold(0, length, 1).contiguous()
 
 
-def pretrain(model: PatchMixer, cfg, profile, *, batch: int = 64, kernel_share: float = 0.25,
-             pool_size: int = 1024, trends: bool = True, walks: bool = True):
+def pretrain(model: PatchMixer, cfg: TrainConfig, profile: Profile, *, batch: int = 64, kernel_share: float = 0.25,
+             pool_size: int = 1024, trends: bool = True, walks: bool = True) -> History:
     """Train on fresh `mixed_prior` batches of length context + horizon (KernelSynth samples drawn
     from a pool of `pool_size`, generated once); returns the History."""
-    from ptmlib.train import train
-
     length = model.context + model.horizon
     dev = profile.device
     pool = kernel_synth(pool_size, length, profile.generator(2999, device="cpu")) if kernel_share else None
@@ -350,11 +351,10 @@ def pretrain(model: PatchMixer, cfg, profile, *, batch: int = 64, kernel_share: 
                  progress=False, data_seed_offset=3000)
 
 
-def fine_tune(model: PatchMixer, series: Series, end: int, cfg, profile, *, batch: int = 32):
+def fine_tune(model: PatchMixer, series: Series, end: int, cfg: TrainConfig, profile: Profile, *,
+              batch: int = 32) -> History | None:
     """Train on the windows of series.values[:end] (context + horizon long; see `windows`). Returns the
     History, or None (model untouched) when the history holds fewer than `batch` windows."""
-    from ptmlib.train import train
-
     w = windows(series, end, model.context + model.horizon)
     if len(w) < batch:
         return None
