@@ -258,14 +258,52 @@ BASELINES: dict[str, Forecaster] = {"last value": last_value, "seasonal naive": 
 
 
 # ----------------------------------------------------------------------------- the model
-class MixerBlock(nn.Module):
-    """TSMixer block on (B, P, W): an MLP across the P patches, then an MLP across the W features."""
+class Experts(nn.Module):
+    """Time-MoE's sparse feed-forward layer on tokens (..., W): a router scores E experts (two-layer
+    MLPs), each token goes to its top-1 expert, whose output is scaled by the router probability.
+    After each forward, `aux` holds the load-balancing loss E * sum_e f_e P_e (f_e: fraction of tokens
+    sent to expert e, P_e: its mean router probability; 1 when perfectly balanced) and `counts` the
+    tokens per expert. At this size every expert is evaluated on every token as one batched matmul and
+    the chosen output is gathered - the same function and gradients as sparse dispatch, fewer kernels."""
 
-    def __init__(self, patches: int, width: int) -> None:
+    def __init__(self, width: int, experts: int, hidden: int) -> None:
+        super().__init__()
+        self.router = nn.Linear(width, experts)
+        self.w1 = nn.Parameter(torch.randn(experts, width, hidden) / math.sqrt(width))
+        self.b1 = nn.Parameter(torch.zeros(experts, 1, hidden))
+        self.w2 = nn.Parameter(torch.randn(experts, hidden, width) / math.sqrt(hidden))
+        self.b2 = nn.Parameter(torch.zeros(experts, 1, width))
+        self.aux = torch.zeros(())
+        self.counts = torch.zeros(experts)
+
+    def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        """Expert e alone on tokens x (N, W) -> (N, W)."""
+        return F.gelu(x @ self.w1[e] + self.b1[e]) @ self.w2[e] + self.b2[e]
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        flat = h.reshape(-1, h.shape[-1])
+        probs = self.router(flat).softmax(-1)  # (N, E)
+        choice = probs.argmax(-1)
+        every = F.gelu(torch.einsum("nw,ewh->enh", flat, self.w1) + self.b1)
+        every = torch.einsum("enh,ehw->enw", every, self.w2) + self.b2  # (E, N, W)
+        rows = torch.arange(len(flat), device=flat.device)
+        out = every[choice, rows] * probs[rows, choice][:, None]
+        counts = torch.bincount(choice, minlength=len(self.w1))
+        self.aux = len(self.w1) * (counts.float() / len(flat) * probs.mean(0)).sum()
+        self.counts = counts.detach().cpu()
+        return out.view_as(h)
+
+
+class MixerBlock(nn.Module):
+    """TSMixer block on (B, P, W): an MLP across the P patches, then an MLP across the W features
+    (or, with experts > 0, a top-1 mixture of that many experts of the same size)."""
+
+    def __init__(self, patches: int, width: int, experts: int = 0) -> None:
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
         self.time = nn.Sequential(nn.Linear(patches, 2 * patches), nn.GELU(), nn.Linear(2 * patches, patches))
-        self.feat = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+        self.feat = Experts(width, experts, 2 * width) if experts else \
+            nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         h = h + self.time(self.norm1(h).transpose(1, 2)).transpose(1, 2)
@@ -279,7 +317,7 @@ class PatchMixer(nn.Module):
     frequency prefix token, mixer blocks, a linear head. `normalise=False` is the ablation."""
 
     def __init__(self, context: int = 64, horizon: int = 12, patch: int = 8, width: int = 48, blocks: int = 3,
-                 normalise: bool = True) -> None:
+                 normalise: bool = True, experts: int = 0) -> None:
         super().__init__()
         if context % patch:
             raise ValueError(f"context {context} is not a multiple of patch {patch}")
@@ -287,7 +325,7 @@ class PatchMixer(nn.Module):
         n_tokens = context // patch + 1
         self.embed = nn.Linear(patch, width)
         self.freq = nn.Embedding(len(FREQUENCIES), width)
-        self.blocks = nn.Sequential(*[MixerBlock(n_tokens, width) for _ in range(blocks)])
+        self.blocks = nn.Sequential(*[MixerBlock(n_tokens, width, experts) for _ in range(blocks)])
         self.head = nn.Linear(n_tokens * width, horizon)
 
     def scale(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -295,6 +333,10 @@ class PatchMixer(nn.Module):
         if not self.normalise:
             return torch.zeros_like(x[:, :1]), torch.ones_like(x[:, :1])
         return x.mean(1, keepdim=True), x.std(1, keepdim=True) + 1e-5
+
+    def aux_loss(self) -> torch.Tensor:
+        """Sum of the mixture-of-experts load-balancing losses of the last forward (0 without experts)."""
+        return sum((b.feat.aux for b in self.blocks if isinstance(b.feat, Experts)), torch.zeros(()))
 
     def forward(self, x: torch.Tensor, freq: torch.Tensor) -> torch.Tensor:
         mu, sd = self.scale(x)
@@ -304,12 +346,26 @@ class PatchMixer(nn.Module):
         return self.head(self.blocks(h).flatten(1)) * sd + mu
 
 
-def forecast_loss(model: PatchMixer, window: torch.Tensor, freq: torch.Tensor) -> torch.Tensor:
+def forecast_loss(model: PatchMixer, window: torch.Tensor, freq: torch.Tensor, aux_weight: float = 0.01) -> torch.Tensor:
     """L1 error of the forecast of window[:, C:] from window[:, :C], measured in the context's
-    normalised units (so every series counts alike; raw units when the model does not normalise)."""
+    normalised units (so every series counts alike; raw units when the model does not normalise),
+    plus aux_weight times the experts' load-balancing loss."""
     x, y = window[:, :model.context], window[:, model.context:model.context + model.horizon]
     mu, sd = model.scale(x)
-    return F.l1_loss((model(x, freq) - mu) / sd, (y - mu) / sd)
+    loss = F.l1_loss((model(x, freq) - mu) / sd, (y - mu) / sd)
+    return loss + aux_weight * model.aux_loss().to(loss.device) if aux_weight else loss
+
+
+@torch.no_grad()
+def rollout(model: PatchMixer, x: torch.Tensor, freq: torch.Tensor, horizon: int) -> torch.Tensor:
+    """Autoregressive forecast (GPHT's decoding): predict model.horizon steps, append them to the
+    context, repeat until `horizon` steps: (B, C) -> (B, horizon). One model serves every horizon."""
+    out = []
+    while sum(o.shape[1] for o in out) < horizon:
+        step = model(x, freq)
+        out.append(step)
+        x = torch.cat([x, step], 1)[:, -model.context:]
+    return torch.cat(out, 1)[:, :horizon]
 
 
 def model_forecaster(model: PatchMixer, frequency: str) -> Forecaster:
@@ -321,7 +377,7 @@ def model_forecaster(model: PatchMixer, frequency: str) -> Forecaster:
         model.eval()
         x = torch.tensor(history[-model.context:], dtype=torch.float32)[None]
         dev = next(model.parameters()).device
-        return model(x.to(dev), fid.to(dev))[0, :horizon].cpu().double().numpy()
+        return rollout(model, x.to(dev), fid.to(dev), horizon)[0].cpu().double().numpy()
 
     return forecast
 
@@ -336,7 +392,7 @@ def windows(series: Series, end: int, length: int) -> torch.Tensor:
 
 
 def pretrain(model: PatchMixer, cfg: TrainConfig, profile: Profile, *, batch: int = 64, kernel_share: float = 0.25,
-             pool_size: int = 1024, trends: bool = True, walks: bool = True) -> History:
+             pool_size: int = 1024, trends: bool = True, walks: bool = True, aux_weight: float = 0.01) -> History:
     """Train on fresh `mixed_prior` batches of length context + horizon (KernelSynth samples drawn
     from a pool of `pool_size`, generated once); returns the History."""
     length = model.context + model.horizon
@@ -347,8 +403,8 @@ def pretrain(model: PatchMixer, cfg: TrainConfig, profile: Profile, *, batch: in
         x, f = mixed_prior(batch, length, g, kernel_share=kernel_share, pool=pool, trends=trends, walks=walks)
         return x.to(dev), f.to(dev)
 
-    return train(model, batch_fn, lambda m, b: forecast_loss(m, *b), cfg, profile, examples_per_step=batch,
-                 progress=False, data_seed_offset=3000)
+    return train(model, batch_fn, lambda m, b: forecast_loss(m, *b, aux_weight=aux_weight), cfg, profile,
+                 examples_per_step=batch, progress=False, data_seed_offset=3000)
 
 
 def fine_tune(model: PatchMixer, series: Series, end: int, cfg: TrainConfig, profile: Profile, *,

@@ -121,3 +121,40 @@ def test_pretraining_on_the_prior_beats_the_last_value_on_a_seasonal_series():
     w = TS.windows(s, 50, 40)
     assert w.shape == (11, 40) and torch.equal(w[3], torch.tensor(s.values[3:43], dtype=torch.float32))
     assert len(TS.windows(s, 30, 40)) == 0
+
+
+def test_experts_route_each_token_once_and_balance_loss_is_one_when_uniform():
+    torch.manual_seed(0)
+    layer = TS.Experts(width=6, experts=3, hidden=8)
+    h = torch.randn(2, 5, 6)
+    out = layer(h)
+    assert out.shape == h.shape and int(layer.counts.sum()) == 10
+    probs = layer.router(h.reshape(-1, 6)).softmax(-1)
+    choice = probs.argmax(-1)
+    for i in range(10):  # each token: its top-1 expert's output times that expert's probability
+        e = int(choice[i])
+        assert torch.allclose(out.reshape(-1, 6)[i], layer.expert(e, h.reshape(-1, 6)[i:i + 1])[0] * probs[i, e], atol=1e-6)
+    with torch.no_grad():  # a router that scores every expert alike: f_e = (ties -> expert 0) but P_e uniform
+        layer.router.weight.zero_()
+        layer.router.bias.copy_(torch.tensor([0.0, 0.0, 0.0]))
+    layer(h)
+    assert float(layer.aux.detach()) == pytest.approx(1.0)  # E * (1 * 1/3) with every token on expert 0
+    with torch.no_grad():
+        layer.router.bias.copy_(torch.tensor([5.0, 0.0, 0.0]))
+    layer(h)
+    assert float(layer.aux.detach()) > 2.5  # collapsed and confident: E * P_0 close to 3
+
+
+def test_mixer_with_experts_reports_its_aux_loss_and_rollout_extends_the_horizon():
+    torch.manual_seed(0)
+    model = TS.PatchMixer(context=16, horizon=4, patch=4, width=8, blocks=2, experts=2)
+    x, f = torch.randn(3, 20), torch.tensor([0, 1, 2])
+    loss = TS.forecast_loss(model, x, f, aux_weight=0.5)
+    plain = TS.forecast_loss(model, x, f, aux_weight=0.0)
+    assert float((loss - plain).detach()) == pytest.approx(0.5 * float(model.aux_loss().detach()), rel=1e-5)
+    with torch.no_grad():
+        long = TS.rollout(model, x[:, :16], f, 10)
+        first = model(x[:, :16], f)
+        second = model(torch.cat([x[:, 4:16], first], 1), f)
+    assert long.shape == (3, 10)
+    assert torch.allclose(long[:, :4], first) and torch.allclose(long[:, 4:8], second, atol=1e-5)
