@@ -11,11 +11,14 @@ On x in [0, length) with N points and wavenumbers k = 2 pi m / length:
     ks             u_t = -u_xx - u_xxxx - u u_x  L = k^2 - k^4         N = -(i k / 2) F[u^2]   (coefficient unused)
 
 Nonlinear terms are de-aliased with the 2/3 rule. The linear part is integrated exactly, so advection
-and heat are exact to rounding for any step. Arithmetic is in float64; `solve` returns float32.
+and heat are exact to rounding for any step. The same code runs on a periodic square (u0 (B, n, n)):
+there k^2 is |k|^2 and the transport derivative is d/dx + d/dy (`Grid`). Arithmetic is in float64;
+`solve` returns float32.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -28,28 +31,60 @@ def wavenumbers(n: int, length: float = 1.0) -> torch.Tensor:
     return 2 * math.pi / length * torch.fft.fftfreq(n, d=1.0 / n, dtype=torch.float64)
 
 
-def linear_operator(eq: str, k: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-    """The diagonal of L in Fourier space, (B, n) complex128, for coefficients coef (B,)."""
+@dataclass(frozen=True)
+class Grid:
+    """Fourier symbols on a periodic grid of `dims` (1 or 2) dimensions with n points per side:
+    d = symbol of the transport derivative (d/dx in 1D, d/dx + d/dy in 2D, without the i),
+    k2 = |k|^2 (minus the Laplacian), and the 2/3-rule de-aliasing mask, each shaped (n,) or (n, n)."""
+
+    dims: int
+    d: torch.Tensor
+    k2: torch.Tensor
+    dealias: torch.Tensor
+
+    @staticmethod
+    def make(n: int, dims: int, length: float = 1.0, device: str | torch.device = "cpu") -> Grid:
+        k = wavenumbers(n, length).to(device)
+        keep = (k.abs() < (2 / 3) * k.abs().max()).to(torch.float64)
+        if dims == 1:
+            return Grid(1, k, k ** 2, keep)
+        if dims == 2:
+            kx, ky = k[:, None], k[None, :]
+            return Grid(2, kx + ky, kx ** 2 + ky ** 2, keep[:, None] * keep[None, :])
+        raise ValueError(f"only 1D and 2D grids are supported, got {dims} dimensions")
+
+    def fft(self, u: torch.Tensor) -> torch.Tensor:
+        return torch.fft.fftn(u, dim=tuple(range(-self.dims, 0)))
+
+    def ifft(self, v: torch.Tensor) -> torch.Tensor:
+        return torch.fft.ifftn(v, dim=tuple(range(-self.dims, 0))).real
+
+
+def linear_operator(eq: str, grid: Grid, coef: torch.Tensor) -> torch.Tensor:
+    """The diagonal of L in Fourier space, (B, *grid) complex128, for coefficients coef (B,)."""
     if eq not in EQUATIONS:
         raise ValueError(f"unknown equation {eq!r}; allowed: {', '.join(EQUATIONS)}")
-    c = coef.to(torch.float64)[:, None]
+    c = coef.to(torch.float64).view(-1, *([1] * grid.dims))
     if eq == "advection":
-        return -1j * c * k
+        return -1j * c * grid.d
     if eq in ("heat", "burgers"):
-        return (-c * k ** 2).to(torch.complex128)
+        return (-c * grid.k2).to(torch.complex128)
     if eq == "allen_cahn":
-        return (-c * k ** 2 + 1).to(torch.complex128)
-    return (k ** 2 - k ** 4).expand(len(c), -1).to(torch.complex128)
+        return (-c * grid.k2 + 1).to(torch.complex128)
+    if grid.dims != 1:
+        raise ValueError("ks is implemented in 1D only")
+    return (grid.k2 - grid.k2 ** 2).expand(len(c), -1).to(torch.complex128)
 
 
-def nonlinear(eq: str, v: torch.Tensor, k: torch.Tensor, dealias: torch.Tensor) -> torch.Tensor:
-    """N(u) in Fourier space for v = F[u] (B, n) complex128; zero for the linear equations."""
+def nonlinear(eq: str, v: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """N(u) in Fourier space for v = F[u] (B, *grid) complex128; zero for the linear equations.
+    Burgers and KS use the conservative form -(1/2) d(u^2) (along x + y in 2D)."""
     if eq in ("advection", "heat"):
         return torch.zeros_like(v)
-    u = torch.fft.ifft(v).real
+    u = grid.ifft(v)
     if eq == "allen_cahn":
-        return -torch.fft.fft(u ** 3) * dealias
-    return -0.5j * k * torch.fft.fft(u ** 2) * dealias
+        return -grid.fft(u ** 3) * grid.dealias
+    return -0.5j * grid.d * grid.fft(u ** 2) * grid.dealias
 
 
 def etdrk4_coefficients(L: torch.Tensor, h: float, contour: int = 64) -> tuple[torch.Tensor, ...]:
@@ -68,31 +103,31 @@ def etdrk4_coefficients(L: torch.Tensor, h: float, contour: int = 64) -> tuple[t
 
 def solve(eq: str, u0: torch.Tensor, coef: torch.Tensor, times: Sequence[float], dt: float,
           length: float = 1.0) -> torch.Tensor:
-    """Solutions at `times` (increasing, >= 0, multiples of dt up to rounding) from u0 (B, n):
-    (B, len(times), n) float32. coef (B,) holds each trajectory's c, nu or eps."""
-    B, n = u0.shape
+    """Solutions at `times` (increasing, >= 0, multiples of dt up to rounding) from u0, (B, n) in 1D
+    or (B, n, n) in 2D: (B, len(times), *grid) float32. coef (B,) holds each trajectory's c, nu or eps
+    (2D advection moves along the diagonal with velocity (c, c))."""
+    B = u0.shape[0]
     if len(coef) != B:
         raise ValueError(f"need one coefficient per trajectory: {len(coef)} for {B}")
-    k = wavenumbers(n, length).to(u0.device)
-    dealias = (k.abs() < (2 / 3) * k.abs().max()).to(torch.float64)
-    E, E2, Q, f1, f2, f3 = etdrk4_coefficients(linear_operator(eq, k, coef.to(u0.device)), dt)
-    v = torch.fft.fft(u0.to(torch.float64))
+    grid = Grid.make(u0.shape[-1], u0.dim() - 1, length, u0.device)
+    E, E2, Q, f1, f2, f3 = etdrk4_coefficients(linear_operator(eq, grid, coef.to(u0.device)), dt)
+    v = grid.fft(u0.to(torch.float64))
     out, t_steps = [], 0
     for t in times:
         target = round(t / dt)
         if target < t_steps or abs(target * dt - t) > 1e-9 * max(1.0, abs(t)):
             raise ValueError(f"times must be increasing multiples of dt={dt}; got {t}")
         while t_steps < target:
-            Nv = nonlinear(eq, v, k, dealias)
+            Nv = nonlinear(eq, v, grid)
             a = E2 * v + Q * Nv
-            Na = nonlinear(eq, a, k, dealias)
+            Na = nonlinear(eq, a, grid)
             b = E2 * v + Q * Na
-            Nb = nonlinear(eq, b, k, dealias)
+            Nb = nonlinear(eq, b, grid)
             c = E2 * a + Q * (2 * Nb - Nv)
-            Nc = nonlinear(eq, c, k, dealias)
+            Nc = nonlinear(eq, c, grid)
             v = E * v + Nv * f1 + 2 * (Na + Nb) * f2 + Nc * f3
             t_steps += 1
-        out.append(torch.fft.ifft(v).real)
+        out.append(grid.ifft(v))
     return torch.stack(out, 1).float()
 
 

@@ -83,3 +83,33 @@ def test_random_fields_and_bumps_have_their_shapes():
     b = pde.bumps(5, 64, g(4), count=2, width=0.05)
     assert float(b.min()) >= 0 and float(b.max()) >= 0.99
     assert torch.equal(pde.bumps(5, 64, g(4)), b)  # seeded
+
+
+def test_2d_advection_shifts_along_the_diagonal_and_heat_decays_each_mode():
+    n = 32
+    u0 = torch.randn(2, n, n, generator=g(5), dtype=torch.float64)
+    u0 = torch.fft.ifftn(torch.fft.fftn(u0, dim=(-2, -1)) * (torch.fft.fftfreq(n).abs() < 0.2)[:, None]
+                         * (torch.fft.fftfreq(n).abs() < 0.2)[None], dim=(-2, -1)).real.float()  # band-limited
+    out = pde.solve("advection", u0, torch.tensor([0.5, -0.25]), [0.25], dt=0.05)[:, 0]
+    assert torch.allclose(out[0], torch.roll(u0[0], (4, 4), (0, 1)), atol=1e-5)  # c t n = 4 cells in x and y
+    assert torch.allclose(out[1], torch.roll(u0[1], (-2, -2), (0, 1)), atol=1e-5)
+    x = torch.arange(n, dtype=torch.float64) / n
+    mode = (torch.sin(2 * math.pi * x)[:, None] * torch.cos(2 * math.pi * 2 * x)[None]).float()[None]
+    heat = pde.solve("heat", mode, torch.tensor([0.01]), [0.4], dt=0.1)[0, 0]
+    decay = math.exp(-0.01 * (2 * math.pi) ** 2 * (1 + 4) * 0.4)  # |k|^2 = (2 pi)^2 (1^2 + 2^2)
+    assert torch.allclose(heat.double(), decay * mode[0].double(), atol=1e-6)
+
+
+def test_2d_nonlinear_equations_keep_their_invariants():
+    a = torch.tensor([0.3, -0.6])
+    flat = a[:, None, None].expand(2, 16, 16).clone()
+    out = pde.solve("allen_cahn", flat, torch.full((2,), 1e-3), [1.0], dt=0.05)[:, 0, 0, 0].double()
+    exact = a.double() * math.exp(1) / torch.sqrt(1 - a.double() ** 2 + a.double() ** 2 * math.exp(2))
+    assert torch.allclose(out, exact, atol=1e-6)
+    u0 = torch.randn(2, 32, 32, generator=g(6))
+    burgers = pde.solve("burgers", 0.3 * u0, torch.full((2,), 0.02), [0.1, 0.2], dt=0.01)
+    assert torch.allclose(burgers.mean((-2, -1)), (0.3 * u0).mean((-2, -1))[:, None].expand(2, 2), atol=1e-6)
+    energy = (burgers ** 2).sum((-2, -1))
+    assert bool((energy[:, 1] < energy[:, 0]).all())
+    with pytest.raises(ValueError, match="1D only"):
+        pde.solve("ks", u0, torch.zeros(2), [0.1], dt=0.1)
