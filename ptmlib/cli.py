@@ -53,6 +53,9 @@ def _parser() -> _Parser:
     build = sub.add_parser("build", help="build the HTML book (executes chapters at the auto profile)")
     build.add_argument("--from-goldens", action="store_true", help="render the stored golden notebooks, no execution")
     build.add_argument("--out", type=Path, default=None, help="output folder (default: _build)")
+    student = sub.add_parser("student", help="write student notebooks: no solutions, no outputs")
+    student.add_argument("chapters", nargs="*")
+    student.add_argument("--out", type=Path, default=Path("_build/student"))
     bench = sub.add_parser("bench", help="smoke wall time per chapter and the training loop's overhead")
     bench.add_argument("chapters", nargs="*")
     bench.add_argument("--skip-chapters", action="store_true")
@@ -115,6 +118,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.cmd == "build":
         return _build(root, args.from_goldens, args.out)
+    if args.cmd == "student":
+        from ptmlib.student import write_student
+
+        for path in write_student(root, check_ids(args.chapters), args.out):
+            print(path)
+        return 0
     if args.cmd == "bench":
         from ptmlib.bench import run_benchmarks
 
