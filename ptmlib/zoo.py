@@ -96,6 +96,13 @@ class DigitsMLP(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
 
+    def depths(self) -> dict[str, int]:
+        """Layer index of every parameter, 0 for the first linear layer ... n_layer for the head (what
+        depth-dependent scaling such as LiNeS needs)."""
+        n_layer = sum(isinstance(m, nn.Linear) for m in self.body)
+        return {name: n_layer if name.startswith("head") else int(name.split(".")[1]) // 2
+                for name, _ in self.named_parameters()}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
 

@@ -1,7 +1,5 @@
 """Time-series toolkit: MASE and baselines on known answers, the prior's components, KernelSynth's
 covariance, the real series, and the patch mixer's normalisation."""
-import math
-
 import numpy as np
 import pytest
 import torch

@@ -65,3 +65,11 @@ def test_shift_digits_moves_every_image_one_pixel_right_before_noise():
     assert torch.equal(out[:, :, 1:], img[:, :, :-1]) and torch.equal(out[:, :, 0], img[:, :, -1])
     noisy = zoo.shift_digits(x)
     assert torch.equal(noisy, zoo.shift_digits(x)) and 0.1 < float((noisy - clean).std()) < 0.2
+
+
+def test_digits_mlp_depths_count_linear_layers_from_the_input():
+    from ptmlib.zoo import DigitsMLP
+
+    depths = DigitsMLP(width=8, n_layer=3).depths()
+    assert depths == {"body.0.weight": 0, "body.0.bias": 0, "body.2.weight": 1, "body.2.bias": 1,
+                      "body.4.weight": 2, "body.4.bias": 2, "head.weight": 3, "head.bias": 3}
