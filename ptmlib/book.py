@@ -42,6 +42,19 @@ def chapter_ids(root: Path) -> list[str]:
     return [i for i in ids if (root / "chapters" / f"{i}.md").is_file()]
 
 
+def chapter_parts(root: Path) -> dict[str, str]:
+    """{chapter id: caption of its part in `_toc.yml`} (e.g. "Part I. In-context learning theory")."""
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    ids = set(chapter_ids(root))
+    parts = {}
+    for part in toc.get("parts", []):
+        for entry in part.get("chapters", []):
+            chapter = str(entry.get("file", "")).removesuffix(".md").removeprefix("chapters/")
+            if chapter in ids:
+                parts[chapter] = str(part.get("caption", ""))
+    return parts
+
+
 def chapter_path(root: Path, chapter: str) -> Path:
     """The source file of a chapter; `ValueError` naming the known ids if there is none."""
     ids = chapter_ids(root)
@@ -146,7 +159,7 @@ def stage_goldens(root: Path, stage: Path) -> Path:
     if stage.exists():
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
-    for name in ("_config.yml", "_toc.yml", "references.bib"):
+    for name in ("_config.yml", "_toc.yml", "references.bib", "favicon.svg"):
         shutil.copy2(root / name, stage / name)
     for page in root.glob("*.md"):
         if page.name != "README.md":

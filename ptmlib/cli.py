@@ -1,4 +1,4 @@
-"""`ptm`: list, run, bless, report, build and benchmark the book's chapters.
+"""`ptm`: list, run, bless, report, record, build and benchmark the book's chapters.
 
 Bad input (an unknown chapter, profile or parameter, a malformed `-p`) prints one line on stderr
 and exits with status 2; a failing notebook or claim exits with status 1.
@@ -50,6 +50,10 @@ def _parser() -> _Parser:
     bless = sub.add_parser("bless", help="re-execute chapters at smoke and store their golden notebooks")
     bless.add_argument("chapters", nargs="*")
     sub.add_parser("report", help="write the reproduction report page (report.md)")
+    rec = sub.add_parser("record", help="record a full-profile run's claims in results/full.yml for the report")
+    rec.add_argument("run_dir", type=Path, help="the --out folder of `ptm run ... --profile full`")
+    rec.add_argument("--card", required=True, help='the GPU the run used, e.g. "NVIDIA H100 80GB HBM3"')
+    rec.add_argument("--date", default=None, help="date of the run, YYYY-MM-DD (default: today)")
     build = sub.add_parser("build", help="build the HTML book (executes chapters at the auto profile)")
     build.add_argument("--from-goldens", action="store_true", help="render the stored golden notebooks, no execution")
     build.add_argument("--out", type=Path, default=None, help="output folder (default: _build)")
@@ -115,6 +119,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         from ptmlib.report import write_report
 
         print(write_report(root))
+        return 0
+    if args.cmd == "record":
+        from ptmlib.report import RECORDED, record
+
+        try:
+            rows = record(root, args.run_dir, args.card, args.date)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+        print(f"recorded {len(rows)} full-profile claim(s) from {len(set(r['chapter'] for r in rows))} chapter(s) "
+              f"in {RECORDED}")
         return 0
     if args.cmd == "build":
         return _build(root, args.from_goldens, args.out)
