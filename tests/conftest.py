@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,3 +33,17 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("PTM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("PTM_CLAIMS_DIR", str(tmp_path / "claims"))
     monkeypatch.delenv("PTM_CLAIMS_OUT", raising=False)
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The book built from the goldens once per session: (html folder, the build process).
+
+    It goes to `_build/test-book` (ignored by git) so that a person can open it, and the browser
+    test's screenshots, afterwards. No local run's claims leak into its report page.
+    """
+    out = ROOT / "_build" / "test-book"
+    env = dict(os.environ, PTM_CLAIMS_DIR=str(tmp_path_factory.mktemp("no-local-claims")))
+    proc = subprocess.run([sys.executable, "-m", "ptmlib.cli", "build", "--from-goldens", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, env=env)
+    return out / "_build" / "html", proc

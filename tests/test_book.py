@@ -40,6 +40,8 @@ def test_ptm_list_prints_chapter_ids_in_book_order(root, capsys, monkeypatch):
     (["run", "icl/linear_regression", "--seed", "-1"], "seed must be a non-negative int"),
     (["frobnicate"], "invalid choice"),
     (["bless", "icl/nope"], "unknown chapter"),
+    (["record", "no/such/run", "--card", "H100"], "no claims files under no/such/run"),
+    (["record", "no/such/run"], "the following arguments are required: --card"),
 ])
 def test_bad_input_is_one_line_on_stderr_and_exit_2(root, capsys, monkeypatch, args, message):
     code, out, err = run_ptm(args, root, capsys, monkeypatch)
@@ -122,17 +124,23 @@ def test_nbval_fails_when_a_metric_in_a_golden_changes_and_ignores_masked_text(r
     assert bad.returncode == 1 and "learned step" in bad.stdout, bad.stdout[-3000:]
 
 
-def test_book_builds_from_the_goldens_with_zero_warnings(root, tmp_path):
-    out = tmp_path / "site"
-    proc = subprocess.run(PTM + ["build", "--from-goldens", "--out", str(out)], cwd=root, capture_output=True,
-                          text=True)
+def test_book_builds_from_the_goldens_with_zero_warnings(built_book):
+    html, proc = built_book
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "warning" not in proc.stderr.lower(), proc.stderr[-5000:]
-    html = out / "_build" / "html"
     chapter = (html / "chapters" / "icl" / "linear_regression.html").read_text()
     assert "ptm-scorecard" in chapter and "5/5 claims passed" in chapter
     assert chapter.count("<img") >= 2 and "Garg" in chapter  # figures and resolved citations
     assert "report.html" in (html / "intro.html").read_text()
     report = (html / "report.html").read_text()
-    assert "lsa_equals_gd" in report and "pass" in report
+    assert "lsa_equals_gd" in report and "pass" in report and 'id="ptm-part-filter"' in report
     assert (html / "bibliography.html").is_file()
+
+
+def test_built_book_serves_mathjax_itself_and_writes_each_inline_script_once(built_book):
+    html, _ = built_book
+    chapter = (html / "chapters" / "icl" / "linear_regression.html").read_text()
+    assert '<script defer="defer" src="../../_static/mathjax/tex-chtml.js"></script>' in chapter
+    assert "cdn.jsdelivr" not in chapter and (html / "_static" / "mathjax" / "tex-chtml.js").stat().st_size > 1e6
+    assert (html / "_static" / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2").is_dir()  # the glyphs
+    assert chapter.count("const THEBE_JS_URL") == 1 and chapter.count("var togglebuttonSelector") == 1
