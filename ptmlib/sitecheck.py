@@ -89,13 +89,13 @@ def pages(html_dir: Path) -> list[str]:
 
 
 _WAIT_MATH = """
-const done = arguments[arguments.length - 1];
+const limit = arguments[0], done = arguments[arguments.length - 1];
 if (!document.querySelector('.math')) { done('none'); return; }
 const t0 = Date.now();
 (function poll() {
   if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
     MathJax.startup.promise.then(() => done('typeset'), e => done('error: ' + e));
-  } else if (Date.now() - t0 > 20000) { done('MathJax never loaded'); }
+  } else if (Date.now() - t0 > limit) { done('MathJax never loaded'); }
   else { setTimeout(poll, 50); }
 })();
 """
@@ -134,7 +134,7 @@ def check_page(driver: Any, base: str, path: str, math_timeout_ms: int = 20000) 
     page.title = _title(driver)
     if not page.title:
         page.problems.append("no title (h1)")
-    math = driver.execute_async_script(_WAIT_MATH.replace("20000", str(math_timeout_ms)))
+    math = driver.execute_async_script(_WAIT_MATH, math_timeout_ms)
     if math not in ("none", "typeset"):
         page.problems.append(f"math: {math}")
     if math != "none":
@@ -261,7 +261,7 @@ def check_site(html_dir: Path, screenshots: Path | None = None,
             screenshots.mkdir(parents=True, exist_ok=True)
             for path in shots:
                 driver.get(base + path)
-                driver.execute_async_script(_WAIT_MATH)
+                driver.execute_async_script(_WAIT_MATH, 20000)
                 driver.save_screenshot(str(screenshots / (path.replace("/", "_").removesuffix(".html") + ".png")))
     return report
 

@@ -97,6 +97,13 @@ def test_a_console_error_fails(copy, driver):
     assert any(p.startswith("console error") and "undefinedFunction" in p for p in _problems(copy, driver))
 
 
+def test_a_report_filter_that_does_not_filter_fails(copy, driver):
+    page = copy / "report.html"
+    page.write_text(page.read_text().replace('select.addEventListener("change", show);', ""))
+    problems = _problems(copy, driver, "report.html")
+    assert any(p.startswith("part filter 'I' shows") for p in problems), problems
+
+
 def test_search_finds_a_page_by_a_word_of_its_title_and_not_by_nonsense(copy, driver):
     with serve(copy) as base:
         assert search_finds(driver, base, "regression", CHAPTER)
