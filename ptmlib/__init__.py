@@ -10,8 +10,19 @@ from tqdm import TqdmWarning
 warnings.filterwarnings("ignore", category=TqdmWarning)  # tqdm.auto without ipywidgets, imported by transformers
 
 from ptmlib.claims import Claim, ClaimsFailed, Scorecard
-from ptmlib.profiles import PROFILES, Profile, resolve_profile, seed_everything, setup
-from ptmlib.train import History, TrainConfig, lr_multiplier, train
+from ptmlib.profiles import PROFILES, Profile, chapter, resolve_profile, seed_everything, setup
+from ptmlib.train import History, TrainConfig, fit, lr_multiplier, train
+
+
+SUBMODULES = ("data", "metrics", "models", "plots")  # `ptm.data.digits(...)`, imported on first use
+
+
+def __getattr__(name: str):
+    if name in SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"ptmlib.{name}")
+    raise AttributeError(f"module 'ptmlib' has no attribute {name!r}")
 
 
 def glue(name: str, value: object, fmt: str | None = None) -> None:
@@ -23,5 +34,5 @@ def glue(name: str, value: object, fmt: str | None = None) -> None:
     _glue(name, value if fmt is None else format(value, fmt), display=False)
 
 
-__all__ = ["Claim", "ClaimsFailed", "History", "PROFILES", "Profile", "Scorecard", "TrainConfig", "glue",
-           "lr_multiplier", "resolve_profile", "seed_everything", "setup", "train"]
+__all__ = ["Claim", "ClaimsFailed", "chapter", "History", "PROFILES", "Profile", "Scorecard", "TrainConfig", "glue",
+           "data", "fit", "lr_multiplier", "metrics", "models", "plots", "resolve_profile", "seed_everything", "setup", "train"]

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ptmlib.ensemble import EnsembleTransformer
-from ptmlib.objectives import IGNORE, LMBatch, attention_mask, pad_batches
+from ptmlib.objectives.denoising import IGNORE, LMBatch, attention_mask, pad_batches
 from ptmlib.text import PAD
 
 

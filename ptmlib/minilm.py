@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
+from ptmlib.models import mean_pool
+
 SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"  # model.safetensors, v0.1.0
 
 
@@ -54,10 +56,6 @@ def load(device: str = "cpu") -> tuple[torch.nn.Module, object]:
     return model, tok
 
 
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the positions where attention_mask is 1: (B, T, C), (B, T) -> (B, C)."""
-    w = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * w).sum(1) / w.sum(1).clamp(min=1e-9)
 
 
 def embed(texts: list[str], batch: int = 64, max_length: int = 128, device: str = "cpu",

@@ -52,14 +52,7 @@ def tiny_t5(vocab_size: int, d_model: int = 64, n_layer: int = 2, n_head: int = 
                    attn_implementation=ATTN)
     return T5ForConditionalGeneration(cfg)
 
-
-def count_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
-    """Number of distinct parameters (tied weights counted once)."""
-    seen: set[int] = set()
-    total = 0
-    for p in model.parameters():
-        if id(p) in seen or (trainable_only and not p.requires_grad):
-            continue
-        seen.add(id(p))
-        total += p.numel()
-    return total
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the positions where attention_mask is 1: (B, T, C), (B, T) -> (B, C)."""
+    w = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * w).sum(1) / w.sum(1).clamp(min=1e-9)

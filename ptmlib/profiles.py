@@ -1,8 +1,10 @@
 """Run profiles: one place that decides device, precision, threads, seeds and the chapter's scale.
 
-A chapter declares its scale knobs per profile (`KNOBS = {"num_steps": {"smoke": 400, "full": 5000}}`),
-its parameters cell may override any knob (a value that is not `None` wins), and `budget` multiplies
-every training length the chapter marks as `scaled`, so a reader trades time for fidelity in one place.
+A chapter declares its scale knobs once, per profile
+(`KNOBS = {"num_steps": {"smoke": 400, "full": 5000, "scaled": True}}`); its parameters cell holds
+`profile`, `seed`, `budget` and `knobs`, a dict of overrides (`knobs = {"num_steps": 800}`, or
+`ptm run ID -p num_steps=800`); `budget` multiplies every training length marked `scaled`, so a reader
+trades time for fidelity in one place. `P, card = ptm.chapter(globals(), KNOBS)` reads all of it.
 
 - `smoke`: CPU, a fixed small thread count, float32; a chapter runs in <= 60 s on 2 cores and is
   bit-for-bit repeatable.
@@ -14,11 +16,16 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from ptmlib.claims import Scorecard
 
 PROFILES = ("smoke", "full", "auto")
 RUN_PROFILES = ("smoke", "full")
@@ -80,8 +87,8 @@ def resolve_profile(
     """Resolve a profile name and a chapter's knob table into a `Profile`.
 
     `knobs` maps each knob to its value per run profile: `{"num_steps": {"smoke": 400, "full": 5000}}`.
-    `scaled` names the knobs that are training lengths: their profile value is multiplied by `budget`
-    (rounded, at least 1). An override that is not `None` replaces the knob's value as given (it is not
+    Training lengths are marked `"scaled": True` in their entry (or named in `scaled`): their profile
+    value is multiplied by `budget` (rounded, at least 1). An override that is not `None` replaces the knob's value as given (it is not
     scaled). Raises `ValueError` for an unknown profile or knob, or a value of the wrong type.
     """
     if not isinstance(name, str) or name not in PROFILES:
@@ -90,8 +97,8 @@ def resolve_profile(
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
         raise ValueError(f"budget must be a positive number, got {budget!r}")
-    knobs = dict(knobs or {})
-    scaled = set(scaled)
+    knobs = {k: dict(v) for k, v in (knobs or {}).items()}
+    scaled = set(scaled) | {k for k, v in knobs.items() if v.pop("scaled", False)}
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if unknown := (set(overrides) | scaled) - set(knobs):
         raise ValueError(f"unknown knob(s) {sorted(unknown)}; allowed: {', '.join(sorted(knobs)) or '(none)'}")
@@ -187,3 +194,35 @@ def _quiet_libraries() -> None:
         hf_logging.disable_progress_bar()
     except ImportError:  # pragma: no cover - transformers is a dependency, but keep ptmlib importable
         pass
+
+
+CHAPTER_RE = re.compile(r"(?:^|/)(?:chapters|tests/golden)/([^/]+/[^/.]+)\.(?:md|ipynb)$")
+
+
+def chapter_id(namespace: Mapping[str, Any]) -> str:
+    """The running chapter's id (`icl/pfn`), derived, never typed: the `chapter` parameter that the runner
+    (`ptm run`, `make book`, the goldens) injects, else the notebook path that a Jupyter server gives its
+    kernel (`JPY_SESSION_NAME`, `__session__`, VS Code's `__vsc_ipynb_file__`), else `<folder>/notebook`."""
+    if isinstance(namespace.get("chapter"), str):
+        return namespace["chapter"]
+    for path in (os.environ.get("JPY_SESSION_NAME"), namespace.get("__session__"), namespace.get("__vsc_ipynb_file__")):
+        if isinstance(path, str) and (m := CHAPTER_RE.search(path.replace(os.sep, "/"))):
+            return m.group(1)
+    return f"{Path.cwd().name}/notebook"
+
+
+def chapter(namespace: Mapping[str, Any], knobs: Mapping[str, Mapping[str, Any]], *, quiet: bool = False
+            ) -> tuple[Profile, "Scorecard"]:
+    """A chapter's header in one call: `P, card = ptm.chapter(globals(), KNOBS)`.
+
+    Reads `profile`, `seed`, `budget` and the `knobs` overrides dict from the parameters cell's globals,
+    resolves the profile with the chapter's knob table (`setup`), and opens its `Scorecard` under the
+    derived chapter id. An unknown knob or a value of the wrong type raises `ValueError` in one line."""
+    from ptmlib.claims import Scorecard
+
+    overrides = namespace.get("knobs") or {}
+    if not isinstance(overrides, Mapping):
+        raise ValueError(f"knobs must be a dict of overrides like {{'steps': 100}}, got {overrides!r}")
+    prof = setup(namespace.get("profile", "auto"), seed=namespace.get("seed", 0), budget=namespace.get("budget", 1.0),
+                 knobs=knobs, quiet=quiet, **overrides)
+    return prof, Scorecard(chapter_id(namespace), prof)

@@ -7,7 +7,7 @@ hash of the document's id, so it is deterministic and stable when documents are 
 
 The tokenizer is byte-level BPE trained with the `tokenizers` library on the training split. Its
 first ids are fixed special tokens (`SPECIALS`): padding, end of document, [MASK], the UL2 mode
-tokens and the sentinels of span corruption, so every objective in `ptmlib.objectives` can rely on
+tokens and the sentinels of span corruption, so every objective in `ptmlib.objectives.denoising` can rely on
 them. Corpus, tokenizer and token stream are cached in `cache_dir()/text`, keyed by the Python
 version, the vocabulary size and this module's version.
 """

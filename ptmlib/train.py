@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from ptmlib.checkpoint import load_checkpoint, save_checkpoint
+from ptmlib.data import index_batches
 from ptmlib.paths import cache_dir
 from ptmlib.profiles import Profile
 
@@ -207,6 +209,40 @@ def train(
     return hist
 
 
+def fit(
+    model: torch.nn.Module,
+    inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    targets: torch.Tensor,
+    cfg: TrainConfig,
+    profile: Profile,
+    *,
+    batch: int = 32,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    evals: Mapping[str, Callable[[], float]] | None = None,
+    data_seed_offset: int = 1000,
+    run_name: str | None = None,
+) -> History:
+    """`train` on arrays: each step draws `batch` random rows (with replacement) of `inputs` (N, ...) or of
+    a tuple of such tensors, and minimises `loss(model(*rows), targets[rows])` (cross-entropy by default).
+    `transform` maps the first input's rows before the model (e.g. augmentation noise). Rows move to the
+    profile's device one batch at a time, so the arrays may stay on the CPU."""
+    xs = inputs if isinstance(inputs, tuple) else (inputs,)
+    n = len(targets)
+    if any(len(x) != n for x in xs):
+        raise ValueError(f"inputs and targets differ in length: {[len(x) for x in xs]} vs {n}")
+    dev = profile.device
+
+    def loss_fn(m: torch.nn.Module, i: torch.Tensor) -> torch.Tensor:
+        rows = [x[i] for x in xs]
+        if transform is not None:
+            rows[0] = transform(rows[0])
+        return loss(m(*(r.to(dev) for r in rows)), targets[i].to(dev))
+
+    return train(model, index_batches(n, batch), loss_fn, cfg, profile, examples_per_step=batch, evals=evals,
+                 run_name=run_name, progress=False, data_seed_offset=data_seed_offset)
+
+
 def _run_evals(model: torch.nn.Module, evals: Mapping[str, Callable[[], float]], step: int, hist: History) -> None:
     model.eval()
     with torch.no_grad():
@@ -247,12 +283,28 @@ def _checkpoint_folder(model: torch.nn.Module, cfg: TrainConfig, profile: Profil
     return cache_dir() / "checkpoints" / f"{run_name}-{digest}"
 
 
-def code_version(fns: tuple[Callable[..., Any], ...]) -> str:
-    """A digest of ptmlib's sources and of the chapter's data and loss functions' bytecode, so a
-    checkpoint written by other code is never resumed or loaded."""
+PACKAGE_DIR = Path(__file__).resolve().parent
+TOOLING = "book"  # ptmlib/book: the CLI, runner, report, site check; no computation depends on it
+
+
+def source_digest(package: Path | None = None) -> str:
+    """sha256 over the library's sources that computations depend on: every `.py` under `ptmlib/` except
+    the book tooling (`ptmlib/book/`), so editing the report or the site check keeps every cache key."""
+    package = PACKAGE_DIR if package is None else package
     h = hashlib.sha256()
-    for path in sorted(Path(__file__).resolve().parent.rglob("*.py")):
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(package)
+        if rel.parts[0] == TOOLING:
+            continue
+        h.update(rel.as_posix().encode())
         h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def code_version(fns: tuple[Callable[..., Any], ...], package: Path | None = None) -> str:
+    """A digest of the library's sources (`source_digest`) and of the chapter's data and loss functions'
+    bytecode, so a checkpoint written by other code is never resumed or loaded."""
+    h = hashlib.sha256(source_digest(package).encode())
     for fn in fns:
         code = getattr(fn, "__code__", None)
         if code is not None:

@@ -25,6 +25,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from ptmlib.checkpoint import atomic_write
+from ptmlib.data import digits
 from ptmlib.models import tiny_bert, tiny_gpt2
 from ptmlib.paths import cache_dir
 from ptmlib.profiles import resolve_profile
@@ -56,29 +57,8 @@ SPECS = {
 KINDS = ("gpt", "bert", "digits-mlp")
 
 
-def digits(classes: tuple[int, ...] | None = None, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's 8x8 digits, scaled to [0, 1]: x (N, 64), y (N,); a fixed 80/20 split by index
-    parity of a seeded permutation; `classes` keeps only those labels."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    order = np.random.default_rng(0).permutation(len(data.target))
-    cut = int(0.8 * len(order))
-    idx = order[:cut] if split == "train" else order[cut:]
-    x = torch.tensor(data.data[idx] / 16.0, dtype=torch.float32)
-    y = torch.tensor(data.target[idx], dtype=torch.int64)
-    if classes is not None:
-        keep = torch.isin(y, torch.tensor(classes))
-        x, y = x[keep], y[keep]
-    return x, y
 
 
-def shift_digits(x: torch.Tensor, pixels: int = 1, noise: float = 0.15, seed: int = 7) -> torch.Tensor:
-    """A distribution shift of digit images x (N, 64): every image moved `pixels` to the right
-    (wrapping around) plus Gaussian pixel noise of standard deviation `noise` (fixed by `seed`)."""
-    g = torch.Generator().manual_seed(seed)
-    img = torch.roll(x.reshape(-1, 8, 8), pixels, dims=2)
-    return (img + noise * torch.randn(img.shape, generator=g)).reshape(-1, 64)
 
 
 class DigitsMLP(nn.Module):
@@ -152,7 +132,7 @@ def _pretrain(spec: ZooSpec, model: nn.Module) -> None:
 
 
 def _train_on_source(spec: ZooSpec, model: nn.Module) -> None:
-    from ptmlib import objectives as O
+    from ptmlib.objectives import denoising as O
     from ptmlib import text
 
     P = resolve_profile("smoke", seed=spec.seed, cuda_available=False)

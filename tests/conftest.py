@@ -44,6 +44,6 @@ def built_book(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """
     out = ROOT / "_build" / "test-book"
     env = dict(os.environ, PTM_CLAIMS_DIR=str(tmp_path_factory.mktemp("no-local-claims")))
-    proc = subprocess.run([sys.executable, "-m", "ptmlib.cli", "build", "--from-goldens", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "ptmlib.book.cli", "build", "--from-goldens", "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, env=env)
     return out / "_build" / "html", proc

@@ -3,10 +3,12 @@ import copy
 
 import pytest
 import torch
+
+import ptmlib as ptm
 import torch.nn.functional as F
 from peft import IA3Config, LoraConfig, get_peft_model
 
-from ptmlib import adapters
+from ptmlib.peft import adapters
 from ptmlib.models import tiny_bert
 
 V, T = 50, 12
@@ -44,7 +46,7 @@ def test_lora_matches_peft_at_init_after_training_and_merged():
         ours.get_submodule(name).A.data.copy_(layer.lora_A["default"].weight)
     x = batches(1)[0]
     assert torch.allclose(ours(input_ids=x).logits, base(input_ids=x).logits)  # identity at init
-    assert adapters.trainable(ours) == sum(p.numel() for p in theirs.parameters() if p.requires_grad)
+    assert ptm.metrics.count_params(ours, trainable_only=True) == sum(p.numel() for p in theirs.parameters() if p.requires_grad)
     train_same(ours, theirs, 5)
     with torch.no_grad():
         out_ours, out_theirs = ours(input_ids=x).logits, theirs(input_ids=x).logits
@@ -64,7 +66,7 @@ def test_ia3_matches_peft_after_training_and_merged():
     ours = copy.deepcopy(base)
     adapters.inject(ours, ["key", "value", "intermediate.dense"],
                     lambda n, lin: adapters.IA3Linear(lin, feedforward=n.endswith("intermediate.dense")))
-    assert adapters.trainable(ours) == sum(p.numel() for p in theirs.parameters() if p.requires_grad)
+    assert ptm.metrics.count_params(ours, trainable_only=True) == sum(p.numel() for p in theirs.parameters() if p.requires_grad)
     x = batches(1)[0]
     assert torch.allclose(ours(input_ids=x).logits, base(input_ids=x).logits)
     train_same(ours, theirs, 5)
@@ -82,7 +84,7 @@ def test_adapter_starts_as_identity_and_trains_only_itself():
     adapters.inject(ours, ["attention.output.dense"], lambda n, lin: adapters.Adapter(lin, bottleneck=4))
     x = batches(1)[0]
     assert torch.allclose(ours(input_ids=x).logits, base(input_ids=x).logits)
-    assert adapters.trainable(ours) == 2 * (32 * 4 + 4 + 4 * 32 + 32)
+    assert ptm.metrics.count_params(ours, trainable_only=True) == 2 * (32 * 4 + 4 + 4 * 32 + 32)
     ours(input_ids=x).logits.sum().backward()
     assert all(p.grad is None for n, p in ours.named_parameters() if "down" not in n and "up" not in n)
 
@@ -101,7 +103,7 @@ def test_prompt_tuning_matches_peft_and_trains_only_the_prompt():
     base = tiny_gpt2(V, 32, n_embd=32, n_layer=2, n_head=2)
     theirs = get_peft_model(copy.deepcopy(base), PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=4))
     ours = adapters.PromptTuning(copy.deepcopy(base), 4, init=theirs.prompt_encoder["default"].embedding.weight)
-    assert adapters.trainable(ours) == 4 * 32
+    assert ptm.metrics.count_params(ours, trainable_only=True) == 4 * 32
     x = batches(1)[0]
     assert torch.allclose(ours(x).logits, theirs(input_ids=x).logits, atol=1e-6)
     opts = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2) for m in (ours, theirs)]

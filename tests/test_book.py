@@ -12,10 +12,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ptmlib import book
-from ptmlib.cli import main, parse_assignment
+from ptmlib.book import runner as book
+from ptmlib.book.cli import main, parse_assignment
 
-PTM = [sys.executable, "-m", "ptmlib.cli"]
+PTM = [sys.executable, "-m", "ptmlib.book.cli"]
 
 
 def run_ptm(args, root, capsys, monkeypatch):

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from ptmlib.sitecheck import (browser_available, check_page, check_site, chromium, pages, search_finds, search_term,
+from ptmlib.book.sitecheck import (browser_available, check_page, check_site, chromium, pages, search_finds, search_term,
                               serve)
-from ptmlib.sphinx_ext import unique_scripts
+from ptmlib.book.sphinx_ext import unique_scripts
 
 needs_browser = pytest.mark.skipif(not browser_available() and not os.environ.get("PTM_REQUIRE_BROWSER"),
                                    reason="needs Debian's chromium and chromium-driver and selenium")
@@ -126,7 +126,7 @@ def test_unique_scripts_treats_a_missing_filename_as_one():
 
 
 def test_the_command_line_check_prints_each_page_and_fails_on_a_broken_one(copy, driver, capsys):
-    from ptmlib.sitecheck import main
+    from ptmlib.book.sitecheck import main
 
     for page in pages(copy):  # keep one chapter: the command checks whatever pages the build has
         if page != CHAPTER:

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from ptmlib import continual as CL
+from ptmlib.continual import learning as CL
 
 # R[i, j]: accuracy on task j after training tasks 0..i (3 tasks)
 R = torch.tensor([[0.9, 0.1, 0.2],

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 import ptmlib as ptm
-from ptmlib import adapters
-from ptmlib import finetune as ft
+from ptmlib.peft import adapters
+from ptmlib.peft import finetune as ft
 from ptmlib.models import tiny_bert
 
 V, T, C = 40, 10, 3
@@ -36,7 +36,7 @@ def data(n=8):
 def test_each_method_trains_exactly_its_parameters(method, expected):
     enc = encoder()
     model = ft.prepare(copy.deepcopy(enc), method, C, n_prompt=4)
-    assert adapters.trainable(model) == expected(enc)
+    assert ptm.metrics.count_params(model, trainable_only=True) == expected(enc)
 
 
 def test_unknown_method_is_rejected():
@@ -124,7 +124,7 @@ def test_fit_arrays_learns_and_snapshots_the_trajectory():
 
 
 def test_fit_denoiser_learns_and_denoising_error_is_fixed_by_its_seed():
-    from ptmlib import spectral as S
+    from ptmlib.peft import spectral as S
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(64, 64, generator=g)

@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from ptmlib import interpret as I
+from ptmlib.peft import interpret as I
 
 
 def test_bcos_unit_is_linear_at_b1_and_suppresses_misaligned_inputs():

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from ptmlib import lm
-from ptmlib import objectives as O
+from ptmlib.objectives import denoising as O
 from ptmlib.ensemble import member_state
 from ptmlib.text import PAD
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from ptmlib import merging as M
+from ptmlib.peft import merging as M
 
 
 def st(a, b=0.0):

@@ -4,6 +4,8 @@ import shutil
 import pytest
 import torch
 
+import ptmlib as ptm
+
 from ptmlib import minilm
 
 
@@ -37,7 +39,7 @@ def test_embeddings_match_sentence_transformers():
 def test_mean_pool_ignores_padding():
     h = torch.randn(2, 5, 3)
     m = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
-    pooled = minilm.mean_pool(h, m)
+    pooled = ptm.models.mean_pool(h, m)
     assert torch.allclose(pooled[0], h[0, :3].mean(0)) and torch.allclose(pooled[1], h[1].mean(0))
 
 
@@ -58,7 +60,7 @@ def test_embed_with_another_model_uses_it():
 def test_last_ffn_on_cached_inputs_reproduces_the_embedding_and_can_be_adapted():
     import torch.nn.functional as F
 
-    from ptmlib import adapters
+    from ptmlib.peft import adapters
 
     texts = ["Return the sum of two numbers.", "Open a file for reading and return its lines.", "x"]
     inner, attn, mask = minilm.last_ffn_inputs(texts, max_length=16)

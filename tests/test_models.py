@@ -1,6 +1,7 @@
 import torch
 
-from ptmlib.models import count_params, tiny_bert, tiny_gpt2, tiny_gpt2_backbone, tiny_t5
+from ptmlib.metrics import count_params
+from ptmlib.models import tiny_bert, tiny_gpt2, tiny_gpt2_backbone, tiny_t5
 
 
 def test_gpt2_parameter_count_matches_the_closed_form():

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ptmlib import objectives as O
+from ptmlib.objectives import denoising as O
 from ptmlib.text import EOS, MASK, MODE_R, MODE_S, N_SENTINELS, PAD, SENTINEL0
 
 V = 300

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import ptmlib as ptm
-from ptmlib import operators as O
+from ptmlib.science import operators as O
 from ptmlib.train import TrainConfig
 
 TIMES = [0.0, 0.1, 0.2, 0.3]

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from ptmlib import pde
+from ptmlib.science import pde
 
 
 def g(seed=0):

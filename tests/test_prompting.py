@@ -4,7 +4,9 @@ import math
 import pytest
 import torch
 
-from ptmlib import prompting as PR
+import ptmlib as ptm
+
+from ptmlib.peft import prompting as PR
 
 
 def test_spsa_gradient_is_exact_in_expectation_for_a_linear_loss():
@@ -32,7 +34,7 @@ def test_spsa_minimise_solves_a_quadratic_and_uses_common_batches():
 
 def test_entropy_and_uncertain_selection():
     probs = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.9, 0.1], [0.6, 0.4]])
-    assert PR.entropy(probs)[1] == pytest.approx(math.log(2)) and PR.entropy(probs)[0] == pytest.approx(0.0)
+    assert ptm.metrics.entropy(probs)[1] == pytest.approx(math.log(2)) and ptm.metrics.entropy(probs)[0] == pytest.approx(0.0)
     exclude = torch.tensor([False, True, False, False])
     assert PR.select_uncertain(probs, 2, exclude).tolist() == [3, 2]
 
@@ -73,7 +75,7 @@ def test_info_nce_and_recall():
 def test_prompt_shift_and_point_rendering():
     x = torch.rand(3, 64)
     assert torch.equal(PR.pixel_prompt(torch.zeros(128), x), x)
-    assert torch.allclose(PR.contrast_shift(x, 1.0, 0.0), x)
+    assert torch.allclose(ptm.data.contrast_shift(x, 1.0, 0.0), x)
     points, mask = PR.points_from_images(x, torch.Generator().manual_seed(0))
     assert points.shape == (3, 64, 3) and torch.equal(mask.sum(1), (x > 0).sum(1))
     render = PR.PointRenderer()

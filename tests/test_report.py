@@ -4,8 +4,8 @@ import shutil
 import nbformat
 import pytest
 
-from ptmlib.book import strip_volatile
-from ptmlib.report import RECORDED, load_recorded, part_label, record, render, write_report
+from ptmlib.book.runner import strip_volatile
+from ptmlib.book.report import RECORDED, load_recorded, part_label, record, render, write_report
 
 
 def _row(profile, measured, passed, seed=0):
@@ -83,7 +83,7 @@ def test_record_refuses_what_is_not_a_full_run(tmp_path, root, rows, card, date,
 
 
 def test_the_repository_record_file_loads_and_every_row_is_a_full_claim_of_a_real_chapter(root):
-    from ptmlib.book import chapter_ids
+    from ptmlib.book.runner import chapter_ids
 
     rows = load_recorded(root)  # raises on a malformed row
     assert all(r["chapter"] in chapter_ids(root) and r["profile"] == "full" for r in rows)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from ptmlib import rtd
+from ptmlib.objectives import rtd
 from ptmlib.text import PAD
 
 V, T = 60, 16

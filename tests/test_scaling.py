@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ptmlib as ptm
-from ptmlib import scaling as S
+from ptmlib.objectives import scaling as S
 from ptmlib.markov import MarkovSource
 
 N = np.repeat([3e3, 7e3, 1.2e4, 2.8e4], 4)

@@ -1,9 +1,11 @@
 """Spectral and sparse wrappers, grafting and calibration: exact identities and known answers."""
 import pytest
 import torch
+
+import ptmlib as ptm
 from torch import nn
 
-from ptmlib import spectral as S
+from ptmlib.peft import spectral as S
 
 
 def linear(d_in=6, d_out=5, seed=0):
@@ -67,8 +69,8 @@ def test_graft_copies_the_top_movers_and_random_control_the_same_number():
 
 def test_ece_is_zero_when_confidence_equals_accuracy_and_known_otherwise():
     probs = torch.tensor([[0.75, 0.25]] * 4)
-    assert S.ece(probs, torch.tensor([0, 0, 0, 1])) == pytest.approx(0.0)  # 75% right at confidence 0.75
-    assert S.ece(probs, torch.tensor([1, 1, 1, 1])) == pytest.approx(0.75)  # never right
+    assert ptm.metrics.ece(probs, torch.tensor([0, 0, 0, 1])) == pytest.approx(0.0)  # 75% right at confidence 0.75
+    assert ptm.metrics.ece(probs, torch.tensor([1, 1, 1, 1])) == pytest.approx(0.75)  # never right
 
 
 def test_kind_gate_and_transfer_of_common_components():

@@ -5,8 +5,8 @@ import re
 import nbformat
 import pytest
 
-from ptmlib import book
-from ptmlib.student import student_notebook, write_student
+from ptmlib.book import runner as book
+from ptmlib.book.student import student_notebook, write_student
 
 
 def _solution_lines(source: str) -> list[str]:

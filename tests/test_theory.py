@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from ptmlib.procedural import count_accuracy, count_logits, counting_batch
-from ptmlib.theory import (GaussianNaiveBayes, latent_factor_data, linear_probe, logistic_classifier, logistic_loss, logistic_predict,
+from ptmlib.icl.procedural import count_accuracy, count_logits, counting_batch
+from ptmlib.metrics import linear_probe
+from ptmlib.icl.theory import (GaussianNaiveBayes, latent_factor_data, logistic_classifier, logistic_loss, logistic_predict,
                            logistic_regression, pca, redundant_feature_classes, samples_to_reach)
 
 
@@ -102,7 +103,7 @@ def test_counting_batches_and_accuracy():
 
 
 def test_learning_curves_share_training_sets_and_average_errors():
-    from ptmlib.theory import learning_curves
+    from ptmlib.icl.theory import learning_curves
 
     x_test = torch.arange(10.0).unsqueeze(1)
     y_test = (x_test[:, 0] >= 5).long()
@@ -121,7 +122,7 @@ def test_learning_curves_share_training_sets_and_average_errors():
 
 
 def test_fit_softmax_probe_returns_probabilities_that_separate_separable_classes():
-    from ptmlib.theory import fit_softmax_probe
+    from ptmlib.metrics import fit_softmax_probe
 
     g = torch.Generator().manual_seed(0)
     x = torch.cat([torch.randn(30, 3, generator=g) + 4 * torch.eye(3)[c] for c in range(3)])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ptmlib import timeseries as TS
+from ptmlib.science import timeseries as TS
 
 
 def g(seed=0):

@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+import ptmlib as ptm
+
 from ptmlib import text, zoo
 
 
@@ -38,7 +40,7 @@ def test_key_follows_the_spec():
 def test_pretrained_models_learned_their_source_task(cache):
     spec = zoo.variant("digits-mlp", steps=150)
     model = zoo.load(spec)
-    x, y = zoo.digits(spec.classes, "test")
+    x, y = ptm.data.digits(spec.classes, "test")
     with torch.no_grad():
         acc = (model(x).argmax(1) == y).float().mean()
     assert acc > 0.9 and set(y.tolist()) == set(spec.classes)
@@ -51,20 +53,20 @@ def test_pretrained_models_learned_their_source_task(cache):
 
 
 def test_digits_split_is_disjoint_and_complete():
-    xtr, ytr = zoo.digits(None, "train")
-    xte, yte = zoo.digits(None, "test")
+    xtr, ytr = ptm.data.digits(None, "train")
+    xte, yte = ptm.data.digits(None, "test")
     assert len(xtr) + len(xte) == 1797 and xtr.max() <= 1.0
     rows = {tuple(r.tolist()) for r in xtr}
     assert sum(tuple(r.tolist()) in rows for r in xte) < 20  # the digits set has a few exact duplicates
 
 
 def test_shift_digits_moves_every_image_one_pixel_right_before_noise():
-    x, _ = zoo.digits((3,), "test")
-    clean = zoo.shift_digits(x, pixels=1, noise=0.0)
+    x, _ = ptm.data.digits((3,), "test")
+    clean = ptm.data.shift_digits(x, pixels=1, noise=0.0)
     img, out = x.reshape(-1, 8, 8), clean.reshape(-1, 8, 8)
     assert torch.equal(out[:, :, 1:], img[:, :, :-1]) and torch.equal(out[:, :, 0], img[:, :, -1])
-    noisy = zoo.shift_digits(x)
-    assert torch.equal(noisy, zoo.shift_digits(x)) and 0.1 < float((noisy - clean).std()) < 0.2
+    noisy = ptm.data.shift_digits(x)
+    assert torch.equal(noisy, ptm.data.shift_digits(x)) and 0.1 < float((noisy - clean).std()) < 0.2
 
 
 def test_digits_mlp_depths_count_linear_layers_from_the_input():

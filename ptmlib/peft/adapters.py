@@ -143,9 +143,6 @@ def merge(model: nn.Module) -> nn.Module:
     return model
 
 
-def trainable(model: nn.Module) -> int:
-    """Number of parameters that receive gradients."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 class PromptTuning(nn.Module):

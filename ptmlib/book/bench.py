@@ -64,7 +64,7 @@ def loop_overhead(num_steps: int = 300, repeats: int = 7) -> dict[str, float]:
 
 def run_benchmarks(root: Path, chapters: list[str]) -> int:
     """Print each chapter's smoke wall time, then the loop overhead; non-zero if a chapter failed."""
-    from ptmlib.book import run_chapter
+    from ptmlib.book.runner import run_chapter
 
     status = 0
     with tempfile.TemporaryDirectory() as tmp:

@@ -369,8 +369,8 @@ def lm_race(model: nn.Module, batch_fns: Sequence[Callable[[torch.Generator], to
     cross-entropy on every evaluation set {name: (MarkovSource, ids)}, as entropy rate + exact KL.
     Returns {name: [(step, losses (E,))]}."""
     from ptmlib import lm
-    from ptmlib.objectives import causal_lm
-    from ptmlib.scaling import excess_eval
+    from ptmlib.objectives.denoising import causal_lm
+    from ptmlib.objectives.scaling import excess_eval
 
     E = len(batch_fns)
     opt = torch.optim.AdamW(model.parameters(), lr=1.0, weight_decay=0.0)

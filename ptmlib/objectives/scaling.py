@@ -24,7 +24,7 @@ from scipy.special import huber, logsumexp
 from ptmlib import lm
 from ptmlib.ensemble import member_state, stack_members
 from ptmlib.markov import MarkovSource
-from ptmlib.objectives import causal_lm
+from ptmlib.objectives.denoising import causal_lm
 from ptmlib.profiles import Profile
 from ptmlib.train import TrainConfig, lr_multiplier, train
 

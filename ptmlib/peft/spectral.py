@@ -127,18 +127,6 @@ def graft(pretrained: Mapping[str, torch.Tensor], finetuned: Mapping[str, torch.
     return out, k
 
 
-def ece(probs: torch.Tensor, y: torch.Tensor, bins: int = 10) -> float:
-    """Expected calibration error: sum over confidence bins of (bin share) * |accuracy - confidence|,
-    with equal-width bins of the top-class probability. probs (N, C), y (N,)."""
-    conf, pred = probs.max(-1)
-    correct = (pred == y).float()
-    edges = torch.linspace(0, 1, bins + 1)
-    total = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        sel = (conf > lo) & (conf <= hi)
-        if sel.any():
-            total += float(sel.float().mean() * (correct[sel].mean() - conf[sel].mean()).abs())
-    return total
 
 
 class KINDLinear(nn.Module):

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ptmlib.metrics import entropy
+
 
 def spsa_gradient(loss: Callable[[torch.Tensor], float], theta: torch.Tensor, c: float,
                   gen: torch.Generator, samples: int = 1) -> torch.Tensor:
@@ -50,9 +52,6 @@ def spsa_minimise(loss: Callable[..., float], theta: torch.Tensor, steps: int, g
     return theta, trace
 
 
-def entropy(probs: torch.Tensor) -> torch.Tensor:
-    """Predictive entropy in nats of each row of probs (N, C)."""
-    return -(probs * probs.clamp_min(1e-12).log()).sum(-1)
 
 
 def select_uncertain(probs: torch.Tensor, k: int, exclude: torch.Tensor) -> torch.Tensor:
@@ -128,7 +127,7 @@ def active_learning_curve(pool_x: torch.Tensor, pool_y: torch.Tensor, test_x: to
     """Test accuracy of a softmax probe on frozen features after each labelling round: `start` random
     labels, then `rounds` rounds of `step` more chosen by `strategy` ("random" | "entropy" | "balanced")
     from the rest of the pool. Returns rounds + 1 accuracies (the label counts are start + i * step)."""
-    from ptmlib.theory import fit_softmax_probe
+    from ptmlib.metrics import fit_softmax_probe
 
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; allowed: {', '.join(STRATEGIES)}")
@@ -153,11 +152,6 @@ def active_learning_curve(pool_x: torch.Tensor, pool_y: torch.Tensor, test_x: to
     return accs
 
 
-def contrast_shift(x: torch.Tensor, contrast: float = 0.3, strength: float = 0.7, seed: int = 42) -> torch.Tensor:
-    """A new imaging domain for 8x8 digits x (N, 64): lower contrast plus a fixed random background
-    pattern (the same for every image): contrast * x + strength * u, u ~ U(0, 1)^64 fixed by `seed`."""
-    pattern = torch.rand(64, generator=torch.Generator().manual_seed(seed))
-    return contrast * x + strength * pattern
 
 
 def pixel_prompt(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

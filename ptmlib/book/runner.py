@@ -70,16 +70,55 @@ def read_chapter(path: Path) -> Any:
     return jupytext.read(path)
 
 
-def parameters(nb: Any) -> dict[str, Any]:
-    """Names and default values assigned in the cell tagged `parameters`."""
+def parameters(path: Path) -> dict[str, Any]:
+    """Names and default values of the chapter's parameters cell (`papermill.inspect_notebook`)."""
+    import papermill
+
+    nb_path = path
+    if path.suffix == ".md":
+        import tempfile
+
+        import nbformat
+
+        tmp = Path(tempfile.mkdtemp()) / f"{path.stem}.ipynb"
+        nbformat.write(read_chapter(path), tmp)
+        nb_path = tmp
+    found = papermill.inspect_notebook(str(nb_path))
+    if not found:
+        raise ValueError(f"{path} has no cell tagged 'parameters'")
+    return {name: ast.literal_eval(spec["default"]) for name, spec in found.items()}
+
+
+def knob_table(nb: Any) -> dict[str, dict[str, Any]]:
+    """The chapter's `KNOBS = {...}` table, read from its source (a literal dict), without running it."""
     for cell in nb.cells:
-        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
-            out: dict[str, Any] = {}
-            for node in ast.parse(cell.source).body:
-                if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
-                    out[node.targets[0].id] = ast.literal_eval(node.value)
-            return out
-    raise ValueError("the chapter has no cell tagged 'parameters'")
+        if cell.cell_type != "code":
+            continue
+        for node in ast.parse(cell.source).body:
+            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "KNOBS":
+                return ast.literal_eval(node.value)
+    return {}
+
+
+def check_parameters(nb: Any, chapter: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate `ptm run` parameters against the chapter before any kernel starts and return papermill's
+    parameters: `profile`, `seed`, `budget`, the chapter id and a `knobs` dict of the knob overrides.
+    `ValueError` in one line for an unknown name, a wrong type or a bad value."""
+    from ptmlib.profiles import resolve_profile
+
+    table = knob_table(nb)
+    base = {k: v for k, v in params.items() if k in ("profile", "seed", "budget")}
+    knobs = dict(params.get("knobs") or {})
+    for key, value in params.items():
+        if key in ("profile", "seed", "budget", "knobs"):
+            continue
+        if key not in table:
+            allowed = ", ".join(["profile", "seed", "budget", *table])
+            raise ValueError(f"unknown parameter {key!r} for {chapter}; allowed: {allowed}")
+        knobs[key] = value
+    resolve_profile(base.get("profile", "auto"), seed=base.get("seed", 0), budget=base.get("budget", 1.0),
+                    knobs=table, overrides=knobs, cuda_available=False)
+    return {**base, "knobs": knobs, "chapter": chapter}
 
 
 def code_cells(nb: Any) -> list[str]:
@@ -106,9 +145,7 @@ def run_chapter(root: Path, chapter: str, out_dir: Path, params: Mapping[str, An
 
     src = chapter_path(root, chapter)
     nb = read_chapter(src)
-    known = parameters(nb)
-    if unknown := set(params) - set(known):
-        raise ValueError(f"unknown parameter(s) {sorted(unknown)} for {chapter}; allowed: {', '.join(known)}")
+    params = check_parameters(nb, chapter, params)
     out_nb = out_dir / f"{chapter}.ipynb"
     out_claims = out_dir / f"{chapter}.claims.json"
     out_nb.parent.mkdir(parents=True, exist_ok=True)
@@ -120,7 +157,7 @@ def run_chapter(root: Path, chapter: str, out_dir: Path, params: Mapping[str, An
     t0 = time.perf_counter()
     error = ""
     try:
-        papermill.execute_notebook(str(tmp_in), str(out_nb), parameters=dict(params), cwd=str(src.parent),
+        papermill.execute_notebook(str(tmp_in), str(out_nb), parameters=params, cwd=str(src.parent),
                                    progress_bar=False, log_output=False, kernel_name="python3")
     except Exception as exc:  # papermill raises PapermillExecutionError with the cell's traceback
         error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"

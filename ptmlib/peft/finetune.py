@@ -2,7 +2,7 @@
 each method costs: trainable parameters, training memory, step time.
 
 `Classifier` = encoder -> mean over real tokens -> LayerNorm -> linear head. `prepare(encoder, method)` freezes the
-encoder and adds the method's trainable parts (ptmlib.adapters):
+encoder and adds the method's trainable parts (ptmlib.peft.adapters):
 
     probe    only the head learns (features frozen)
     full     every encoder weight learns
@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ptmlib import adapters
-from ptmlib.minilm import mean_pool
+from ptmlib.peft import adapters
+from ptmlib.models import mean_pool
 from ptmlib.profiles import Profile
 from ptmlib.train import History, TrainConfig, train
 

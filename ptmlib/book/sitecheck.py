@@ -267,12 +267,12 @@ def check_site(html_dir: Path, screenshots: Path | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m ptmlib.sitecheck HTML_DIR [SCREENSHOT_DIR]`: print each page's problems; 1 if any."""
+    """`python -m ptmlib.book.sitecheck HTML_DIR [SCREENSHOT_DIR]`: print each page's problems; 1 if any."""
     import sys
 
     args = sys.argv[1:] if argv is None else argv
     if not args:
-        print("usage: python -m ptmlib.sitecheck HTML_DIR [SCREENSHOT_DIR]", file=sys.stderr)
+        print("usage: python -m ptmlib.book.sitecheck HTML_DIR [SCREENSHOT_DIR]", file=sys.stderr)
         return 2
     report = check_site(Path(args[0]), Path(args[1]) if len(args) > 1 else None)
     for page in report:

@@ -1,4 +1,4 @@
-"""Neural operators for PDE foundation models (Poseidon, P16): data from `ptmlib.pde`, a 1D Fourier
+"""Neural operators for PDE foundation models (Poseidon, P16): data from `ptmlib.science.pde`, a 1D Fourier
 neural operator with lead-time-conditioned normalisation, all2all training pairs, relative L1 error.
 
 Shapes: a state u is (B, n) on a periodic grid of n points; a lead time is (B,).
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ptmlib import pde
+from ptmlib.science import pde
 from ptmlib.profiles import Profile
 from ptmlib.train import History, TrainConfig, train
 

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from ptmlib import book
+from ptmlib.book import runner as book
 
 # ":::{admonition} Solution ..." up to the first line that is only ":::" (code fences inside are kept
 # whole: they never contain such a line)

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from ptmlib.book import GOLDEN_DIR, chapter_ids, chapter_parts
+from ptmlib.book.runner import GOLDEN_DIR, chapter_ids, chapter_parts
 from ptmlib.claims import JSON_KEYS, fmt, load_claims
 from ptmlib.paths import claims_dir
 

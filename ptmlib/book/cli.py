@@ -43,8 +43,8 @@ def _parser() -> _Parser:
     sub.add_parser("list", help="chapter ids in book order")
     run = sub.add_parser("run", help="execute one chapter (jupytext -> papermill)")
     run.add_argument("chapter")
-    run.add_argument("--profile", default="auto")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--profile", default=None, help="smoke | full | auto (default: the chapter's, auto)")
+    run.add_argument("--seed", type=int, default=None, help="default: the chapter's, 0")
     run.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE")
     run.add_argument("--out", type=Path, default=Path("_build/runs"))
     bless = sub.add_parser("bless", help="re-execute chapters at smoke and store their golden notebooks")
@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from ptmlib import book
+    from ptmlib.book import runner as book
     from ptmlib.paths import repo_root
 
     try:
@@ -96,12 +96,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.cmd == "run":
         check_ids([args.chapter])
-        if args.profile not in PROFILES:
-            raise UsageError(f"unknown profile {args.profile!r}; allowed: {', '.join(PROFILES)}")
-        if args.seed < 0:
-            raise UsageError(f"seed must be a non-negative int, got {args.seed}")
         params = dict(parse_assignment(a) for a in args.params)
-        params.update(profile=args.profile, seed=args.seed)
+        for flag in ("profile", "seed"):
+            if getattr(args, flag) is not None:
+                if flag in params and params[flag] != getattr(args, flag):
+                    raise UsageError(f"--{flag} {getattr(args, flag)} and -p {flag}={params[flag]!r} disagree")
+                params[flag] = getattr(args, flag)
         try:
             res = book.run_chapter(root, args.chapter, args.out, params)
         except ValueError as exc:
@@ -111,17 +111,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         status = 0
         for c in check_ids(args.chapters):
             status |= _report_run(book.bless(root, c))
-        from ptmlib.report import write_report
+        from ptmlib.book.report import write_report
 
         write_report(root)
         return status
     if args.cmd == "report":
-        from ptmlib.report import write_report
+        from ptmlib.book.report import write_report
 
         print(write_report(root))
         return 0
     if args.cmd == "record":
-        from ptmlib.report import RECORDED, record
+        from ptmlib.book.report import RECORDED, record
 
         try:
             rows = record(root, args.run_dir, args.card, args.date)
@@ -133,13 +133,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "build":
         return _build(root, args.from_goldens, args.out)
     if args.cmd == "student":
-        from ptmlib.student import write_student
+        from ptmlib.book.student import write_student
 
         for path in write_student(root, check_ids(args.chapters), args.out):
             print(path)
         return 0
     if args.cmd == "bench":
-        from ptmlib.bench import run_benchmarks
+        from ptmlib.book.bench import run_benchmarks
 
         return run_benchmarks(root, [] if args.skip_chapters else check_ids(args.chapters))
     raise UsageError(f"unknown command {args.cmd!r}")  # pragma: no cover
@@ -152,8 +152,8 @@ def _report_run(res: Any) -> int:
 
 
 def _build(root: Path, from_goldens: bool, out: Path | None) -> int:
-    from ptmlib import book
-    from ptmlib.report import write_report
+    from ptmlib.book import runner as book
+    from ptmlib.book.report import write_report
 
     write_report(root)
     if from_goldens:

@@ -22,7 +22,7 @@ from torch import nn
 
 from ptmlib.ensemble import EnsembleTransformer
 from ptmlib.lm import ensemble_lm, pooled_features, scored_losses
-from ptmlib.objectives import IGNORE, mlm, replace_tokens
+from ptmlib.objectives.denoising import IGNORE, mlm, replace_tokens
 
 MODES = ("NES", "ES", "GDES")
 

@@ -110,36 +110,8 @@ def pca(x: torch.Tensor, r: int) -> torch.Tensor:
     return vh[:r].T
 
 
-def fit_softmax_probe(train_x: torch.Tensor, train_y: torch.Tensor, n_classes: int, l2: float = 1e-4,
-                      max_iter: int = 200) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A multinomial logistic-regression probe on frozen features (standardised with the training
-    statistics), fitted by L-BFGS; returns a function mapping features (N, d) to class probabilities (N, C)."""
-    mu, sd = train_x.mean(0), train_x.std(0) + 1e-6
-    probe = torch.nn.Linear(train_x.shape[1], n_classes).to(device=train_x.device, dtype=train_x.dtype)
-    opt = torch.optim.LBFGS(probe.parameters(), max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(probe((train_x - mu) / sd), train_y) + l2 * probe.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
-
-    def predict_proba(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return probe((x - mu) / sd).softmax(-1)
-
-    return predict_proba
 
 
-def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                 n_classes: int, l2: float = 1e-4, max_iter: int = 200) -> float:
-    """Test accuracy of a multinomial logistic-regression probe on frozen features (standardised with the
-    training statistics), fitted by L-BFGS: how linearly decodable the label is from the features."""
-    proba = fit_softmax_probe(train_x, train_y, n_classes, l2, max_iter)
-    return float((proba(test_x).argmax(-1) == test_y).float().mean())
 
 
 def samples_to_reach(ns: list[int], errors: list[float], target: float) -> float:

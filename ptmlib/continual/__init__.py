@@ -1,0 +1,1 @@
+"""Part IV helpers: continual-learning streams, metrics, replay, regularisers and sequential training."""
