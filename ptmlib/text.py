@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import os
 import sys
 import sysconfig
 from collections import Counter
@@ -81,7 +82,9 @@ def _collect_docs() -> list[Doc]:
 
 
 def _text_dir() -> Path:
-    folder = cache_dir() / "text"
+    """`$PTM_TEXT_CACHE` if set (the tests share one per session), else `cache_dir()/text`."""
+    env = os.environ.get("PTM_TEXT_CACHE")
+    folder = Path(env) if env else cache_dir() / "text"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

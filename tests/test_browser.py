@@ -17,6 +17,7 @@ from ptmlib.book.sitecheck import (browser_available, check_page, check_site, ch
                               serve)
 from ptmlib.book.sphinx_ext import unique_scripts
 
+pytestmark = pytest.mark.slow  # builds the book and drives Chromium
 needs_browser = pytest.mark.skipif(not browser_available() and not os.environ.get("PTM_REQUIRE_BROWSER"),
                                    reason="needs Debian's chromium and chromium-driver and selenium")
 CHAPTER = "chapters/icl/linear_regression.html"
@@ -35,6 +36,7 @@ def test_every_page_of_the_book_passes_in_chromium(built_book, root):
     assert {p.path for p in report} >= {"intro.html", "syllabus.html", "report.html", "bibliography.html"}
     for page in chapters:  # the checks saw something on every chapter: they are not vacuous
         assert page.title and page.scorecard and page.formulas > 0 and page.figures > 0 and page.dropdowns > 0, page
+        assert page.downloads == 2, page
     assert sum(p.formulas for p in report) > 500
     for name in ("chapters_icl_linear_regression.png", "report.png"):  # for a person to look at
         assert (shots / name).read_bytes()[:4] == b"\x89PNG" and (shots / name).stat().st_size > 50_000
@@ -143,3 +145,10 @@ def test_search_term_is_the_longest_word_of_the_title():
     assert search_term("1. Transformers learn linear regression in context") == "transformers"
     with pytest.raises(ValueError, match="no searchable word"):
         search_term("1. A b")
+
+
+def test_a_missing_notebook_download_fails(copy, driver):
+    for notebook in (copy / "_downloads").rglob("*-student.ipynb"):
+        notebook.unlink()
+    problems = _problems(copy, driver)
+    assert any(p.startswith("download link broken:") and p.endswith("-student.ipynb") for p in problems), problems

@@ -42,12 +42,22 @@ def test_report_puts_each_profile_in_its_column(tmp_path, root, monkeypatch):
     (runs / "full" / "icl" / "linear_regression.json").write_text(json.dumps([_row("full", 0.25, False)]))
     text = render(book)
     assert _line(text) == ["* - I", "  - {doc}`icl/linear_regression <chapters/icl/linear_regression>`",
-                           "  - `gap`: small gap", "  - {cite:p}`garg2022icl`: ≈ 0", "  - 0.05 (< 0.1): pass",
-                           "  - 0.25 (< 0.1): **FAIL** (this machine, not recorded)"]
+                           "  - `gap`: small gap", "  - {cite:p}`garg2022icl`: ≈ 0", "  - 0.05 (< 0.1): pass (golden, seed 0)",
+                           "  - 0.25 (< 0.1): **FAIL** (this machine, seed 0, not recorded)"]
     assert "**1 claims in 1 chapters.** Smoke: 1 of 1 pass. Full: 1 recorded, 0 pass." in text
     assert '<option value="I">Part I. In-context learning theory</option>' in text
     assert '<option value="II">' not in text  # only parts that have claims
     assert write_report(book).read_text() == text
+
+
+def test_a_local_smoke_run_at_another_seed_is_labelled_as_such(tmp_path, root):
+    book = _book(tmp_path, root)
+    _golden(book, [_row("smoke", 0.05, True)])
+    assert _line(render(book))[4] == "  - 0.05 (< 0.1): pass (golden, seed 0)"
+    run = book / "_build" / "runs" / "icl"  # what `ptm run` and `make book` write
+    run.mkdir(parents=True)
+    (run / "linear_regression.claims.json").write_text(json.dumps([_row("smoke", 0.07, True, seed=3)]))
+    assert _line(render(book))[4] == "  - 0.07 (< 0.1): pass (this machine, seed 3)"
 
 
 def test_recorded_full_runs_are_merged_with_their_card_and_date(tmp_path, root):
@@ -59,7 +69,7 @@ def test_recorded_full_runs_are_merged_with_their_card_and_date(tmp_path, root):
     rows = record(book, tmp_path / "gpu-run", "NVIDIA H100 80GB HBM3", "2026-11-27")
     assert [(r["id"], r["card"], r["date"]) for r in rows] == [("gap", "NVIDIA H100 80GB HBM3", "2026-11-27")]
     assert load_recorded(book)[0]["measured"] == 0.02
-    assert _line(render(book))[-1] == "  - 0.02 (< 0.1): pass (NVIDIA H100 80GB HBM3, 2026-11-27)"
+    assert _line(render(book))[-1] == "  - 0.02 (< 0.1): pass (NVIDIA H100 80GB HBM3, 2026-11-27, seed 0)"
     (run / "linear_regression.claims.json").write_text(json.dumps([_row("full", 0.03, True)]))
     record(book, tmp_path / "gpu-run", "NVIDIA H200", "2026-12-01")  # a newer run replaces the old one
     assert [(r["measured"], r["card"]) for r in load_recorded(book)] == [(0.03, "NVIDIA H200")]

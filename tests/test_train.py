@@ -185,3 +185,25 @@ def test_wsd_sqrt_decay_and_bad_shape():
     assert lr_multiplier(5, cfg) == pytest.approx(1 - (1 / 6) ** 0.5)
     with pytest.raises(ValueError, match="decay_shape"):
         TrainConfig(num_steps=5, decay_shape="cubic")
+
+
+def test_code_digest_ignores_the_book_tooling_and_sees_a_changed_loss(tmp_path, monkeypatch):
+    import shutil
+
+    import importlib
+    from ptmlib import zoo
+
+    train_module = importlib.import_module("ptmlib.train")  # the module, not ptm.train the function
+    pkg = tmp_path / "ptmlib"
+    shutil.copytree(train_module.PACKAGE_DIR, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(train_module, "PACKAGE_DIR", pkg)
+    monkeypatch.setattr(zoo, "code_version", train_module.code_version)
+    spec = zoo.SPECS["digits-mlp"]
+    before_digest, before_key = train_module.source_digest(), zoo.key(spec)
+    assert before_digest == train_module.source_digest(pkg)
+    for tool in ("report.py", "sitecheck.py", "cli.py"):  # editing the tooling keeps every key
+        (pkg / "book" / tool).write_text((pkg / "book" / tool).read_text() + "\n# edited\n")
+    assert train_module.source_digest() == before_digest and zoo.key(spec) == before_key
+    loss = pkg / "objectives" / "denoising.py"  # editing a loss changes them
+    loss.write_text(loss.read_text().replace("ignore_index=IGNORE", "ignore_index=IGNORE, label_smoothing=0.1", 1))
+    assert train_module.source_digest() != before_digest and zoo.key(spec) != before_key

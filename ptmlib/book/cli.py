@@ -41,8 +41,11 @@ def _parser() -> _Parser:
     p = _Parser(prog="ptm", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     sub.add_parser("list", help="chapter ids in book order")
-    run = sub.add_parser("run", help="execute one chapter (jupytext -> papermill)")
-    run.add_argument("chapter")
+    run = sub.add_parser("run", help="execute chapters (jupytext -> papermill), one line per chapter as it ends")
+    run.add_argument("chapters", nargs="*", metavar="ID")
+    run.add_argument("--all", action="store_true", help="every chapter, in book order")
+    run.add_argument("-j", "--jobs", type=int, default=None,
+                     help="chapters at once (default: one per core at smoke, one at full)")
     run.add_argument("--profile", default=None, help="smoke | full | auto (default: the chapter's, auto)")
     run.add_argument("--seed", type=int, default=None, help="default: the chapter's, 0")
     run.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE")
@@ -54,9 +57,11 @@ def _parser() -> _Parser:
     rec.add_argument("run_dir", type=Path, help="the --out folder of `ptm run ... --profile full`")
     rec.add_argument("--card", required=True, help='the GPU the run used, e.g. "NVIDIA H100 80GB HBM3"')
     rec.add_argument("--date", default=None, help="date of the run, YYYY-MM-DD (default: today)")
-    build = sub.add_parser("build", help="build the HTML book (executes chapters at the auto profile)")
+    build = sub.add_parser("build", help="run every chapter (as `ptm run --all`), then render the HTML book once")
+    build.add_argument("--profile", default="auto")
+    build.add_argument("-j", "--jobs", type=int, default=None)
     build.add_argument("--from-goldens", action="store_true", help="render the stored golden notebooks, no execution")
-    build.add_argument("--out", type=Path, default=None, help="output folder (default: _build)")
+    build.add_argument("--out", type=Path, default=None, help="output folder (default: the repository: _build/html)")
     student = sub.add_parser("student", help="write student notebooks: no solutions, no outputs")
     student.add_argument("chapters", nargs="*")
     student.add_argument("--out", type=Path, default=Path("_build/student"))
@@ -95,18 +100,25 @@ def _dispatch(args: argparse.Namespace) -> int:
         print("\n".join(ids))
         return 0
     if args.cmd == "run":
-        check_ids([args.chapter])
+        if args.all and args.chapters:
+            raise UsageError("give chapter ids or --all, not both")
+        if not args.all and not args.chapters:
+            raise UsageError("give one or more chapter ids, or --all")
+        chosen = ids if args.all else check_ids(args.chapters)
         params = dict(parse_assignment(a) for a in args.params)
         for flag in ("profile", "seed"):
             if getattr(args, flag) is not None:
                 if flag in params and params[flag] != getattr(args, flag):
                     raise UsageError(f"--{flag} {getattr(args, flag)} and -p {flag}={params[flag]!r} disagree")
                 params[flag] = getattr(args, flag)
+        jobs = _jobs(args.jobs, params.get("profile", "auto"))
         try:
-            res = book.run_chapter(root, args.chapter, args.out, params)
+            results = book.run_many(root, chosen, args.out, params, jobs=jobs)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
-        return _report_run(res)
+        for res in results:
+            print(f"  {res.chapter} -> {res.notebook}")
+        return 0 if all(r.ok for r in results) else 1
     if args.cmd == "bless":
         status = 0
         for c in check_ids(args.chapters):
@@ -131,7 +143,7 @@ def _dispatch(args: argparse.Namespace) -> int:
               f"in {RECORDED}")
         return 0
     if args.cmd == "build":
-        return _build(root, args.from_goldens, args.out)
+        return _build(root, args.from_goldens, args.out, args.profile, args.jobs)
     if args.cmd == "student":
         from ptmlib.book.student import write_student
 
@@ -146,25 +158,43 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _report_run(res: Any) -> int:
-    verdict = "ok" if res.ok else f"FAILED {res.error}".rstrip()
-    print(f"{res.chapter}: {verdict} in {res.wall_s:.1f} s -> {res.notebook}")
+    print(f"{res.line()} -> {res.notebook}")
     return 0 if res.ok else 1
 
 
-def _build(root: Path, from_goldens: bool, out: Path | None) -> int:
+def _jobs(jobs: int | None, profile: Any) -> int:
+    from ptmlib.book import runner as book
+
+    if jobs is not None and jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {jobs}")
+    if profile not in PROFILES:
+        raise UsageError(f"unknown profile {profile!r}; allowed: {', '.join(PROFILES)}")
+    return jobs or book.default_jobs(profile)
+
+
+def _build(root: Path, from_goldens: bool, out: Path | None, profile: str = "auto", jobs: int | None = None) -> int:
+    """Run every chapter through papermill (or take the goldens), write the report, render the HTML once."""
+    import time
+
     from ptmlib.book import runner as book
     from ptmlib.book.report import write_report
 
-    write_report(root)
+    status = 0
     if from_goldens:
-        src = book.stage_goldens(root, root / "_build" / "staging")
-        proc = book.build_html(src, out or root / "_build" / "goldens")
-        return _finish_build(proc)
-    proc = book.build_html(root, out)  # executes the chapters (cache), writing their claims
-    if proc.returncode == 0:
-        write_report(root)  # now with this build's claims
-        proc = book.build_html(root, out)
-    return _finish_build(proc)
+        executed = root / book.GOLDEN_DIR
+    else:
+        executed = root / book.RUNS_DIR
+        results = book.run_many(root, book.chapter_ids(root), executed, {"profile": profile}, jobs=_jobs(jobs, profile))
+        if failed := [r for r in results if not r.ok]:
+            print("failed: " + "; ".join(r.line() for r in failed), file=sys.stderr)
+            status = 1
+    write_report(root)
+    src = book.stage_notebooks(root, executed, root / "_build" / "staging")
+    t0 = time.perf_counter()
+    print("rendering the HTML book (execution off) ...", flush=True)
+    proc = book.build_html(src, out or (root / "_build" / "goldens" if from_goldens else root))
+    print(f"rendered in {time.perf_counter() - t0:.0f} s", flush=True)
+    return _finish_build(proc) or status
 
 
 def _finish_build(proc: Any) -> int:

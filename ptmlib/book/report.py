@@ -4,7 +4,9 @@ Three sources, later ones winning for the same (chapter, claim, profile):
 1. the golden notebooks' claims (`tests/golden/**/*.claims.json`: smoke, seed 0);
 2. recorded full-profile runs, kept in the repository in `results/full.yml` with the card and the
    date of the run (`ptm record RUN_DIR --card "NVIDIA H100"` adds them);
-3. the latest runs on this machine (`_build/claims/<profile>/<id>.json`), marked as not recorded.
+3. the latest runs on this machine (`ptm run` / `make book` in `_build/runs`, interactive runs in
+   `_build/claims/<profile>/<id>.json`), marked as local runs with their seed.
+Every smoke value says where it came from: the golden (seed 0) or a local run at its seed.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from ptmlib.book.runner import GOLDEN_DIR, chapter_ids, chapter_parts
+from ptmlib.book.runner import GOLDEN_DIR, RUNS_DIR, chapter_ids, chapter_parts
 from ptmlib.claims import JSON_KEYS, fmt, load_claims
 from ptmlib.paths import claims_dir
 
@@ -119,11 +121,14 @@ def gather(root: Path) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
     """{chapter: {claim id: {profile: claim row}}}: goldens, then recorded runs, then this machine's runs."""
     rows: list[dict[str, Any]] = []
     for path in sorted((root / GOLDEN_DIR).glob("**/*.claims.json")):
-        rows += load_claims(path)
+        rows += [dict(r, golden=True) for r in load_claims(path)]
     rows += load_recorded(root)
-    runs = claims_dir()
+    interactive = claims_dir()
+    if interactive.is_dir():
+        rows += [dict(r, local=True) for path in sorted(interactive.glob("*/**/*.json")) for r in load_claims(path)]
+    runs = root / RUNS_DIR
     if runs.is_dir():
-        rows += [dict(r, local=True) for path in sorted(runs.glob("*/**/*.json")) for r in load_claims(path)]
+        rows += [dict(r, local=True) for path in sorted(runs.glob("**/*.claims.json")) for r in load_claims(path)]
     table: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
     for row in rows:
         table.setdefault(row["chapter"], {}).setdefault(row["id"], {})[row["profile"]] = row
@@ -152,7 +157,7 @@ def render(root: Path) -> str:
     out.append(":class: ptm-report")
     out.append(":widths: 5 17 34 16 14 14")
     out.append("")
-    out.append("* - Part\n  - Chapter\n  - Claim\n  - Paper: its number\n  - Ours, smoke (seed 0)\n  - Ours, full")
+    out.append("* - Part\n  - Chapter\n  - Claim\n  - Paper: its number\n  - Ours, smoke (source, seed)\n  - Ours, full")
     for chapter, claim_id, by_profile in claims:
         row = next(iter(by_profile.values()))
         cells = [part_label(parts[chapter]), f"{{doc}}`{chapter} <chapters/{chapter}>`",
@@ -170,7 +175,10 @@ def _cell(row: dict[str, Any] | None) -> str:
     mark = "pass" if row["passed"] else "**FAIL**"
     text = f"{fmt(row['measured'])} ({row['op']} {fmt(row['threshold'])}): {mark}"
     if row["profile"] == "full":
-        text += " (this machine, not recorded)" if row.get("local") else f" ({row['card']}, {row['date']})"
+        text += f" (this machine, seed {row['seed']}, not recorded)" if row.get("local") else \
+            f" ({row['card']}, {row['date']}, seed {row['seed']})"
+    else:
+        text += f" (this machine, seed {row['seed']})" if row.get("local") else f" (golden, seed {row['seed']})"
     return text
 
 

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 import yaml
 
 GOLDEN_DIR = Path("tests") / "golden"
+RUNS_DIR = Path("_build") / "runs"  # `ptm run` and `make book` write executed chapters and their claims here
 VOLATILE_METADATA = ("papermill", "execution")
 
 
@@ -135,11 +136,30 @@ class RunResult:
     notebook: Path
     claims: Path
     error: str = ""
+    passed: int = 0  # claims that passed
+    total: int = 0  # claims recorded
+    failed: tuple[str, ...] = ()  # ids of the claims that failed
+
+    def line(self) -> str:
+        """One line for the terminal: id, verdict, seconds, claims passed (and which failed)."""
+        claims = f"claims {self.passed}/{self.total}" if self.total else "no claims"
+        verdict = "ok" if self.ok else "FAILED"
+        extra = f"; failing claim(s): {', '.join(self.failed)}" if self.failed else ""
+        extra += f"; {self.error}" if self.error and not self.failed else ""
+        return f"{self.chapter}: {verdict} in {self.wall_s:.1f} s, {claims}{extra}"
+
+
+KERNEL_ARGS = ["--IPKernelApp.log_level=CRITICAL"]  # no "running over TCP without encryption" warning on every run
 
 
 def run_chapter(root: Path, chapter: str, out_dir: Path, params: Mapping[str, Any],
-                env: Mapping[str, str] | None = None) -> RunResult:
-    """Execute a chapter with papermill; write `out_dir/<id>.ipynb` and `out_dir/<id>.claims.json`."""
+                env: Mapping[str, str] | None = None, progress: bool = False) -> RunResult:
+    """Execute a chapter with papermill; write `out_dir/<id>.ipynb` and `out_dir/<id>.claims.json`.
+
+    Parameters are checked (`check_parameters`) before a kernel starts; `ValueError` if they are bad.
+    `progress` shows papermill's bar over the chapter's cells (for long runs at `full`)."""
+    import logging
+
     import nbformat
     import papermill
 
@@ -154,11 +174,13 @@ def run_chapter(root: Path, chapter: str, out_dir: Path, params: Mapping[str, An
     nbformat.write(nb, tmp_in)
     saved = dict(os.environ)
     os.environ.update({"PTM_CLAIMS_OUT": str(out_claims.resolve()), **(env or {})})
+    logging.getLogger("papermill").setLevel(logging.ERROR)  # "Passed unknown parameter: chapter" is by design
     t0 = time.perf_counter()
     error = ""
     try:
         papermill.execute_notebook(str(tmp_in), str(out_nb), parameters=params, cwd=str(src.parent),
-                                   progress_bar=False, log_output=False, kernel_name="python3")
+                                   progress_bar=progress, log_output=False, kernel_name="python3",
+                                   extra_arguments=KERNEL_ARGS)
     except Exception as exc:  # papermill raises PapermillExecutionError with the cell's traceback
         error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
     finally:
@@ -166,7 +188,60 @@ def run_chapter(root: Path, chapter: str, out_dir: Path, params: Mapping[str, An
         os.environ.update(saved)
         tmp_in.unlink(missing_ok=True)
     wall = time.perf_counter() - t0
-    return RunResult(chapter, not error and out_claims.is_file(), wall, out_nb, out_claims, error)
+    passed, total, failed = 0, 0, ()
+    if out_claims.is_file():
+        from ptmlib.claims import load_claims
+
+        rows = load_claims(out_claims)
+        passed, total = sum(r["passed"] for r in rows), len(rows)
+        failed = tuple(r["id"] for r in rows if not r["passed"])
+    ok = not error and out_claims.is_file() and not failed
+    return RunResult(chapter, ok, wall, out_nb, out_claims, error, passed, total, failed)
+
+
+def _run_one(args: tuple[Path, str, Path, dict[str, Any], bool]) -> RunResult:
+    root, chapter, out_dir, params, progress = args
+    return run_chapter(root, chapter, out_dir, params, progress=progress)
+
+
+def default_jobs(profile: str) -> int:
+    """Chapters at once: one per core at smoke (each uses one torch thread), one at a time on a GPU."""
+    from ptmlib.profiles import resolve_profile
+
+    return max(1, os.cpu_count() or 1) if resolve_profile(profile).name == "smoke" else 1
+
+
+def run_many(root: Path, chapters: list[str], out_dir: Path, params: Mapping[str, Any], jobs: int = 1,
+             echo: Any = print) -> list[RunResult]:
+    """Run several chapters, `jobs` at a time (each in its own process and kernel), printing one line per
+    chapter as it finishes: `[i/N] id: ok in S s, claims k/n`. Parameters are checked for every chapter
+    before the first kernel starts. Results come back in the order of `chapters`."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    for chapter in chapters:
+        check_parameters(read_chapter(chapter_path(root, chapter)), chapter, params)
+    from ptmlib.profiles import resolve_profile
+
+    jobs = max(1, min(jobs, len(chapters)))
+    progress = jobs == 1 and resolve_profile(params.get("profile", "auto")).name == "full"
+    tasks = [(root, c, out_dir, dict(params), progress) for c in chapters]
+    results: dict[str, RunResult] = {}
+    t0 = time.perf_counter()
+    if jobs <= 1:
+        for i, task in enumerate(tasks, 1):
+            res = _run_one(task)
+            results[res.chapter] = res
+            echo(f"[{i}/{len(tasks)}] {res.line()}", flush=True)
+    else:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(_run_one, task) for task in tasks]
+            for i, fut in enumerate(as_completed(futures), 1):
+                res = fut.result()
+                results[res.chapter] = res
+                echo(f"[{i}/{len(tasks)}] {res.line()}", flush=True)
+    ok = sum(r.ok for r in results.values())
+    echo(f"{ok} of {len(tasks)} chapters passed in {time.perf_counter() - t0:.0f} s (jobs={jobs})", flush=True)
+    return [results[c] for c in chapters]
 
 
 def strip_volatile(path: Path) -> None:
@@ -193,6 +268,20 @@ def bless(root: Path, chapter: str) -> RunResult:
 
 def stage_goldens(root: Path, stage: Path) -> Path:
     """Copy the book's sources to `stage`, each chapter replaced by its executed golden notebook."""
+    return stage_notebooks(root, root / GOLDEN_DIR, stage)
+
+
+DOWNLOADS = "downloads"  # in the staged book: executed and student notebooks offered on each chapter page
+
+
+def stage_notebooks(root: Path, executed: Path, stage: Path) -> Path:
+    """Copy the book's sources to `stage`, each chapter replaced by its executed notebook from `executed`
+    (`<id>.ipynb`), execution off, and a download line on each chapter page: the executed notebook and the
+    student notebook (no solutions, no outputs)."""
+    import nbformat
+
+    from ptmlib.book.student import student_notebook
+
     if stage.exists():
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
@@ -203,13 +292,28 @@ def stage_goldens(root: Path, stage: Path) -> Path:
             shutil.copy2(page, stage / page.name)
     shutil.copytree(root / "chapters", stage / "chapters")
     for chapter in chapter_ids(root):
-        golden = root / GOLDEN_DIR / f"{chapter}.ipynb"
-        if not golden.is_file():
-            raise FileNotFoundError(f"no golden notebook for {chapter}: run `ptm bless {chapter}`")
+        done = executed / f"{chapter}.ipynb"
+        if not done.is_file():
+            raise FileNotFoundError(f"no executed notebook for {chapter} in {executed}: run `ptm run {chapter}`"
+                                    + (f" or `ptm bless {chapter}`" if executed == root / GOLDEN_DIR else ""))
         (stage / "chapters" / f"{chapter}.md").unlink()
-        shutil.copy2(golden, stage / "chapters" / f"{chapter}.ipynb")
+        flat = chapter.replace("/", "-")
+        downloads = stage / DOWNLOADS
+        downloads.mkdir(exist_ok=True)
+        shutil.copy2(done, downloads / f"{flat}.ipynb")
+        nbformat.write(student_notebook(root, chapter), downloads / f"{flat}-student.ipynb")
+        nb = nbformat.read(done, as_version=4)
+        up = "../" * (chapter.count("/") + 1)
+        line = (f"{{download}}`Download this chapter as an executed notebook <{up}{DOWNLOADS}/{flat}.ipynb>` · "
+                f"{{download}}`as a student notebook (no solutions, no outputs) <{up}{DOWNLOADS}/{flat}-student.ipynb>`")
+        cell = nbformat.v4.new_markdown_cell(line, metadata={"tags": ["ptm-downloads"]})
+        cell["id"] = "ptm-downloads"
+        first_heading = next((i for i, c in enumerate(nb.cells) if c.cell_type == "markdown"), 0)
+        nb.cells.insert(first_heading + 1, cell)
+        nbformat.write(nb, stage / "chapters" / f"{chapter}.ipynb")
     config = yaml.safe_load((stage / "_config.yml").read_text())
     config.setdefault("execute", {})["execute_notebooks"] = "off"
+    config["exclude_patterns"] = [*config.get("exclude_patterns", []), f"{DOWNLOADS}/*"]
     (stage / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     return stage
 

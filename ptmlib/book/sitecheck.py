@@ -121,6 +121,7 @@ class PageCheck:
     figures: int = 0      # images that decoded
     dropdowns: int = 0    # solution dropdowns that opened on a click
     scorecard: bool = False
+    downloads: int = 0    # notebook download links whose file the server returned as a notebook
     title: str = ""       # the page's first heading
 
 
@@ -153,6 +154,9 @@ def check_page(driver: Any, base: str, path: str, math_timeout_ms: int = 20000) 
     page.scorecard = bool(driver.find_elements(By.CSS_SELECTOR, "table.ptm-scorecard"))
     if path.startswith("chapters/") and not page.scorecard:
         page.problems.append("no claims scorecard")
+    if path.startswith("chapters/"):
+        page.downloads, problems = _check_downloads(driver)
+        page.problems += problems
     if driver.find_elements(By.ID, "ptm-part-filter"):
         page.problems += _check_part_filter(driver)
     page.dropdowns, problems = _check_dropdowns(driver)
@@ -160,6 +164,23 @@ def check_page(driver: Any, base: str, path: str, math_timeout_ms: int = 20000) 
     errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     page.problems += [f"console error: {m}" for m in errors]
     return page
+
+
+_FETCH_NOTEBOOKS = """
+const done = arguments[arguments.length - 1];
+const links = [...document.querySelectorAll("a.download")].map(a => a.href).filter(h => h.endsWith(".ipynb"));
+Promise.all(links.map(h => fetch(h).then(r => r.ok ? r.json() : null).then(j => [h, !!(j && j.cells)])
+                                .catch(() => [h, false]))).then(done);
+"""
+
+
+def _check_downloads(driver: Any) -> tuple[int, list[str]]:
+    """A chapter offers two notebooks to download (executed, student), and each link returns a notebook."""
+    found = driver.execute_async_script(_FETCH_NOTEBOOKS)
+    problems = [f"download link broken: {href}" for href, ok in found if not ok]
+    if len(found) != 2:
+        problems.append(f"{len(found)} notebook download link(s), expected 2 (executed and student)")
+    return sum(ok for _, ok in found), problems
 
 
 def _check_part_filter(driver: Any) -> list[str]:
