@@ -6,16 +6,21 @@ builds one attention mask per row; `scored_losses` returns each member's own mea
 sum gives every member exactly the gradient it would get alone. `member_adamw_step` applies AdamW
 with a different learning rate per member (AdamW's update is linear in the learning rate given its
 moment estimates, so one optimizer step with lr = 1 followed by a per-member rescaling is exact).
+`race` trains the members side by side as causal LMs on a Markov source, each with its own batches
+(or all on the same ones) and its own learning-rate schedule (`ptmlib.schedules`), and records their
+exact losses (entropy rate + KL, `markov.excess_eval`).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ptmlib.ensemble import EnsembleTransformer
-from ptmlib.objectives.denoising import IGNORE, LMBatch, attention_mask, pad_batches
+from ptmlib.markov import MarkovSource, excess_eval
+from ptmlib.objectives.denoising import IGNORE, LMBatch, attention_mask, causal_lm, pad_batches
+from ptmlib.profiles import Profile
 from ptmlib.text import PAD
 
 
@@ -45,7 +50,7 @@ def stack(batches: list[LMBatch]) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return flat.inputs.view(E, B, L), flat.targets.view(E, B, L), attention_mask(flat.prefix, L)
 
 
-def evaluate(model: EnsembleTransformer, batches: list[LMBatch]) -> torch.Tensor:
+def member_losses(model: EnsembleTransformer, batches: list[LMBatch]) -> torch.Tensor:
     """Each member's loss (E,) on its own batch, without gradients."""
     device = next(model.parameters()).device
     inputs, targets, mask = (t.to(device) for t in stack(batches))
@@ -63,7 +68,7 @@ def member_evals(model: EnsembleTransformer, sets: dict[str, list[LMBatch]],
     def hook(metric: str, e: int) -> Callable[[], float]:
         def fn() -> float:
             if e == 0:
-                memo[metric] = evaluate(model, sets[metric])
+                memo[metric] = member_losses(model, sets[metric])
             return float(memo[metric][e])
         return fn
 
@@ -134,3 +139,43 @@ def step_flops(model: EnsembleTransformer, batch: LMBatch) -> float:
     (`scored_losses`). Attention's L^2 term is left out (small at these lengths)."""
     width, vocab = model.read_out.weight.shape[1:]
     return 6.0 * (block_params(model) * batch.inputs.numel() + width * vocab * batch.scored())
+
+
+def race(model: EnsembleTransformer, batch_fns: Callable[[torch.Generator], torch.Tensor]
+         | Sequence[Callable[[torch.Generator], torch.Tensor]], lr_fns: Sequence[Callable[[int], float]], steps: int,
+         profile: Profile, evals: dict[str, tuple[MarkovSource, torch.Tensor]],
+         eval_every: int = 50) -> dict[str, list[tuple[int, torch.Tensor]]]:
+    """Train the E members of `model` (`ensemble_lm`) side by side as causal LMs with AdamW, member e
+    with its own learning-rate schedule `lr_fns[e](step)`, on batches of ids (B, T) from `batch_fns`:
+    one function gen -> ids shared by every member (one draw per step), or one function per member.
+    At step 0, every `eval_every` steps and at the end, record each member's cross-entropy on every
+    evaluation set {name: (MarkovSource, ids)}, as entropy rate + exact KL. Returns {name: [(step, (E,))]}.
+    Members with equal schedules and batches stay identical; a member with lr 0 does not move."""
+    E = len(lr_fns)
+    shared = callable(batch_fns)
+    if not shared and len(batch_fns) != E:
+        raise ValueError(f"{len(batch_fns)} batch functions for {E} members")
+    model.to(profile.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1.0, weight_decay=0.0)
+    gen = profile.generator(1000, device="cpu")
+    curves: dict[str, list[tuple[int, torch.Tensor]]] = {name: [] for name in evals}
+
+    def record(step: int) -> None:
+        for name, (source, x) in evals.items():
+            curves[name].append((step, excess_eval(model, source, x) + source.entropy_rate))
+
+    record(0)
+    for step in range(steps):
+        if shared:
+            b = causal_lm(batch_fns(gen))
+            inputs, targets = (t.to(profile.device).expand(E, *t.shape) for t in (b.inputs, b.targets))
+        else:
+            batches = [causal_lm(fn(gen)) for fn in batch_fns]
+            inputs = torch.stack([b.inputs for b in batches]).to(profile.device)
+            targets = torch.stack([b.targets for b in batches]).to(profile.device)
+        opt.zero_grad(set_to_none=True)
+        scored_losses(model, inputs, targets, None, causal=True).sum().backward()
+        member_adamw_step(opt, torch.tensor([fn(step) for fn in lr_fns]))
+        if (step + 1) % eval_every == 0 or step == steps - 1:
+            record(step + 1)
+    return curves

@@ -70,3 +70,16 @@ class MarkovSource:
         logq = F.log_softmax(logits[:, :-1].float(), dim=-1)
         logp = torch.where(P > 0, P.log(), torch.zeros_like(P))
         return (P * (logp - logq)).sum(-1).mean()
+
+
+def excess_eval(model: torch.nn.Module, source: MarkovSource, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """Each member's mean KL to `source`'s true next-symbol law on sequences x (N, T), for an ensemble
+    of E causal language models (`ptmlib.lm.ensemble_lm`): (E,). Its cross-entropy is entropy_rate + this."""
+    device = next(model.parameters()).device
+    E = model.E
+    out = torch.zeros(E)
+    with torch.no_grad():
+        for rows in x.split(chunk):
+            logits = model(rows.to(device).expand(E, *rows.shape), causal=True)  # (E, n, T, V)
+            out += torch.stack([source.excess_loss(logits[e], rows.to(device)).cpu() for e in range(E)]) * len(rows)
+    return out / len(x)

@@ -46,7 +46,7 @@ def verify(folder: Path | None = None, expected: str = SHA256) -> Path:
 
 
 @lru_cache(maxsize=2)
-def load(device: str = "cpu") -> tuple[torch.nn.Module, object]:
+def model_and_tokenizer(device: str = "cpu") -> tuple[torch.nn.Module, object]:
     """(encoder, tokenizer) after the checksum; the encoder is in eval mode. Cached per device."""
     folder = verify()
     model = AutoModel.from_pretrained(folder, local_files_only=True).to(device).eval()
@@ -60,7 +60,7 @@ def embed(texts: list[str], batch: int = 64, max_length: int = 128, device: str 
           model: torch.nn.Module | None = None) -> torch.Tensor:
     """Sentence embeddings (N, 384), L2-normalised, as sentence-transformers computes them; `model`
     replaces the packaged encoder (e.g. a compressed copy of it)."""
-    packaged, tok = load(device)
+    packaged, tok = model_and_tokenizer(device)
     model = packaged if model is None else model
     out = []
     with torch.no_grad():
@@ -76,7 +76,7 @@ def last_ffn_inputs(texts: list[str], max_length: int = 32, batch: int = 64,
     """What the last layer's feed-forward output projection sees, for texts padded to max_length:
     (inner (N, T, 1536), attention output (N, T, 384), attention mask (N, T)). Everything upstream is
     frozen when only that projection is adapted, so these can be computed once (see `LastFFN`)."""
-    model, tok = load(device)
+    model, tok = model_and_tokenizer(device)
     layer = model.encoder.layer[-1]
     inner, attn, masks = [], [], []
     with torch.no_grad():
@@ -101,7 +101,7 @@ class LastFFN(nn.Module):
 
     def __init__(self, model: nn.Module | None = None) -> None:
         super().__init__()
-        model = load("cpu")[0] if model is None else model
+        model = model_and_tokenizer("cpu")[0] if model is None else model
         self.output = copy.deepcopy(model.encoder.layer[-1].output).requires_grad_(False)
         self.output.dropout = nn.Identity()  # the cached inputs were computed without dropout too
 

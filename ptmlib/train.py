@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,12 +21,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ptmlib import schedules
 from ptmlib.checkpoint import load_checkpoint, save_checkpoint
 from ptmlib.data import index_batches
+from ptmlib.metrics import count_params
 from ptmlib.paths import cache_dir
 from ptmlib.profiles import Profile
 
-SCHEDULES = ("constant", "cosine", "wsd")
+SCHEDULES = ("constant", "cosine", "wsd")  # the `ptmlib.schedules` a TrainConfig can name
 OPTIMIZERS = ("adamw", "adam", "sgd")
 # Dense bf16 peak FLOP/s, for the MFU estimate (vendor datasheets).
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
@@ -68,26 +69,14 @@ class TrainConfig:
 
 
 def lr_multiplier(step: int, cfg: TrainConfig) -> float:
-    """Factor applied to `cfg.lr` at optimizer step `step` (0-based).
-
-    Linear warmup over `warmup_steps`, then: constant 1; cosine from 1 to `min_lr_ratio` at the last
-    step; or warmup-stable-decay (WSD): 1 until the last `decay_frac` of steps, then down to
-    `min_lr_ratio` at the last step (linearly, or as 1 - sqrt(progress) with `decay_shape="sqrt"`).
-    """
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    lo = cfg.min_lr_ratio
-    last = cfg.num_steps - 1
-    if cfg.schedule == "constant" or last <= cfg.warmup_steps:
-        return 1.0
+    """Factor applied to `cfg.lr` at optimizer step `step` (0-based): the `ptmlib.schedules` schedule
+    that `cfg.schedule` names (constant, cosine, or warmup-stable-decay), after `cfg.warmup_steps` of
+    linear warmup; cosine and WSD end at `cfg.min_lr_ratio` at the last step."""
     if cfg.schedule == "cosine":
-        progress = (step - cfg.warmup_steps) / (last - cfg.warmup_steps)
-        return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * progress))
-    decay_start = max(cfg.warmup_steps, last - round(cfg.decay_frac * cfg.num_steps))
-    if step <= decay_start:
-        return 1.0
-    progress = (step - decay_start) / (last - decay_start)
-    return 1 - (1 - lo) * (progress if cfg.decay_shape == "linear" else math.sqrt(progress))
+        return schedules.cosine(cfg.num_steps, cfg.warmup_steps, cfg.min_lr_ratio)(step)
+    if cfg.schedule == "wsd":
+        return schedules.wsd(cfg.num_steps, cfg.warmup_steps, cfg.decay_frac, cfg.min_lr_ratio, cfg.decay_shape)(step)
+    return schedules.constant(cfg.warmup_steps)(step)
 
 
 def make_optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -234,10 +223,10 @@ def fit(
     dev = profile.device
 
     def loss_fn(m: torch.nn.Module, i: torch.Tensor) -> torch.Tensor:
-        rows = [x[i] for x in xs]
+        rows = [x[i.to(x.device)] for x in xs]  # indices come on the generator's device, arrays may be elsewhere
         if transform is not None:
             rows[0] = transform(rows[0])
-        return loss(m(*(r.to(dev) for r in rows)), targets[i].to(dev))
+        return loss(m(*(r.to(dev) for r in rows)), targets[i.to(targets.device)].to(dev))
 
     return train(model, index_batches(n, batch), loss_fn, cfg, profile, examples_per_step=batch, evals=evals,
                  run_name=run_name, progress=False, data_seed_offset=data_seed_offset)
@@ -262,7 +251,7 @@ def _record_speed(hist: History, steps: int, elapsed: float, examples: int, toke
     if profile.is_cuda and hist.tokens_per_s:
         name = torch.cuda.get_device_name(profile.device)
         peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
-        n_params = sum(p.numel() for p in model.parameters())
+        n_params = count_params(model)
         hist.mfu = 6 * n_params * hist.tokens_per_s / peak if peak else None
 
 

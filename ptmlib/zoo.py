@@ -18,9 +18,7 @@ import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -29,7 +27,7 @@ from ptmlib.data import digits
 from ptmlib.models import tiny_bert, tiny_gpt2
 from ptmlib.paths import cache_dir
 from ptmlib.profiles import resolve_profile
-from ptmlib.train import TrainConfig, code_version, train
+from ptmlib.train import TrainConfig, code_version, fit, train
 
 
 @dataclass(frozen=True)
@@ -55,10 +53,6 @@ SPECS = {
     "digits-mlp": ZooSpec("digits-mlp", "digits-mlp", width=128, steps=300, lr=3e-3, batch=64, classes=(0, 1, 2, 3, 4)),
 }
 KINDS = ("gpt", "bert", "digits-mlp")
-
-
-
-
 
 
 class DigitsMLP(nn.Module):
@@ -132,7 +126,7 @@ def _pretrain(spec: ZooSpec, model: nn.Module) -> None:
 
 
 def _train_on_source(spec: ZooSpec, model: nn.Module) -> None:
-    from ptmlib.objectives import denoising as O
+    from ptmlib.objectives import denoising
     from ptmlib import text
 
     P = resolve_profile("smoke", seed=spec.seed, cuda_available=False)
@@ -140,8 +134,7 @@ def _train_on_source(spec: ZooSpec, model: nn.Module) -> None:
                       min_lr_ratio=0.1, log_every=max(1, spec.steps))
     if spec.kind == "digits-mlp":
         x, y = digits(spec.classes, "train")
-        train(model, lambda g: torch.randint(0, len(x), (spec.batch,), generator=g),
-              lambda m, i: F.cross_entropy(m(x[i]), y[i]), cfg, P, examples_per_step=spec.batch, progress=False)
+        fit(model, x, y, cfg, P, batch=spec.batch)
         return
     stream = text.token_stream("train", spec.vocab)
 
@@ -149,7 +142,7 @@ def _train_on_source(spec: ZooSpec, model: nn.Module) -> None:
         ids = text.random_chunks(stream, spec.batch, spec.seq_len, g)
         if spec.kind == "gpt":
             return ids, ids  # the model shifts the labels itself
-        b = O.mlm(ids, 0.15, spec.vocab, g)
+        b = denoising.mlm(ids, 0.15, spec.vocab, g)
         return b.inputs, b.targets
 
     train(model, batch_fn, lambda m, b: m(input_ids=b[0], labels=b[1]).loss, cfg, P, examples_per_step=spec.batch,

@@ -126,46 +126,11 @@ def test_train_sequentially_fills_the_accuracy_matrix_and_naive_training_forgets
     assert R_replay[1, 0] > R[1, 0] + 0.1
 
 
-def test_schedules_have_their_shapes():
-    import math
-
-    lr = CL.rewarm_cosine(1.0, 10, 110, floor=0.1)
-    assert lr(0) == pytest.approx(0.1) and lr(9) == pytest.approx(1.0)
-    assert lr(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
-    assert lr(110) == pytest.approx(0.1) and lr(500) == pytest.approx(0.1)
-    inf = CL.infinite_schedule(1.0, 10, 20, 0.3, anneal_start=100, anneal=10, floor=0.0)
-    assert inf(9) == pytest.approx(1.0) and inf(30) == pytest.approx(0.3) and inf(99) == pytest.approx(0.3)
-    assert inf(105) == pytest.approx(0.15) and inf(200) == pytest.approx(0.0)
-    assert CL.infinite_schedule(1.0, 10, 20, 0.3, None, 0)(10 ** 6) == pytest.approx(0.3)
-
-
 def test_mixed_batches_draw_the_replay_share_from_the_old_pool():
     new, old = torch.zeros(50, 4, dtype=torch.long), torch.ones(50, 4, dtype=torch.long)
     ids = CL.mixed_batches(new, old, 16, 0.25)(torch.Generator().manual_seed(0))
     assert ids.shape == (16, 4) and int(ids[:, 0].sum()) == 4
     assert int(CL.mixed_batches(new, old, 16, 0.0)(torch.Generator())[:, 0].sum()) == 0
-
-
-def test_lm_race_matches_separate_training_and_records_every_eval():
-    from ptmlib import lm, markov
-    from ptmlib.ensemble import member_state, stack_members
-    from ptmlib.profiles import resolve_profile
-
-    P = resolve_profile("smoke", seed=0, cuda_available=False)
-    src = markov.MarkovSource(8, 3, 0.5, seed=0)
-    g = torch.Generator().manual_seed(0)
-    pool, ev = src.sample(64, 9, g), src.sample(16, 8, g)
-    torch.manual_seed(0)
-    one = lm.ensemble_lm(1, 8, 8, 1, n_head=2, max_len=8)
-    twins = lm.ensemble_lm(2, 8, 8, 1, n_head=2, max_len=8)
-    twins.load_state_dict(stack_members([member_state(one, 0)] * 2))
-    draw = CL.mixed_batches(pool, pool, 4, 0.0)
-    curves = CL.lm_race(twins, [draw, draw], [lambda s: 1e-2, lambda s: 0.0], 6, P, {"x": (src, ev)}, eval_every=3)
-    assert [s for s, _ in curves["x"]] == [0, 3, 6]
-    start, end = curves["x"][0][1], curves["x"][-1][1]
-    assert float(start[0]) == pytest.approx(float(start[1]))  # same initialisation
-    assert float(end[1]) == pytest.approx(float(start[1]))  # lr 0: the member does not move
-    assert float(end[0]) < float(start[0])  # lr 1e-2: it learns
 
 
 def test_markov_mixture_interpolates_the_transition_matrices():

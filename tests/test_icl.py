@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from ptmlib.icl import estimators as E
+from ptmlib.icl import estimators
 from ptmlib.icl.data import regression_prompts
 from ptmlib.icl.lsa import LinearSelfAttention, effective_step, lsa_predict, prompt_tokens
 from ptmlib.icl.transformer import RegressionGPT, interleave
@@ -28,18 +28,18 @@ def test_ridge_is_the_gaussian_posterior_mean():
     for b in range(3):  # posterior mean of w under N(0, I) prior and noise variance lam, in NumPy
         X, Y = x[b].double().numpy(), y[b].double().numpy()
         mean = np.linalg.solve(X.T @ X / lam + np.eye(4), X.T @ Y / lam)
-        assert E.ridge(x, y, xq, lam)[b].item() == pytest.approx(float(mean @ xq[b].double().numpy()), rel=1e-4)
+        assert estimators.ridge(x, y, xq, lam)[b].item() == pytest.approx(float(mean @ xq[b].double().numpy()), rel=1e-4)
 
 
 def test_least_squares_interpolates_and_is_ridge_without_penalty():
     x, y, _ = prompts(n=8, d=4, noise=0.0)
-    ls = E.least_squares(x, y, x[:, 0])
+    ls = estimators.least_squares(x, y, x[:, 0])
     assert torch.allclose(ls, y[:, 0], atol=1e-4)  # noiseless, k > d: recovers w exactly
     x, y, _ = prompts(n=10, d=4, noise=0.3)
     xq = torch.randn(64, 4)
-    assert torch.allclose(E.least_squares(x, y, xq), E.ridge(x, y, xq, 1e-9), atol=1e-3)
+    assert torch.allclose(estimators.least_squares(x, y, xq), estimators.ridge(x, y, xq, 1e-9), atol=1e-3)
     # with fewer points than dimensions the min-norm solution fits the context exactly
-    few = E.least_squares(x[:, :2], y[:, :2], x[:, 1])
+    few = estimators.least_squares(x[:, :2], y[:, :2], x[:, 1])
     assert torch.allclose(few, y[:, 1], atol=1e-4)
 
 
@@ -47,11 +47,11 @@ def test_knn_and_averaging():
     x = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [5.0, 5.0]]])
     y = torch.tensor([[1.0, 3.0, 100.0]])
     xq = torch.tensor([[0.9, 0.0]])
-    assert E.knn(x, y, xq, k=1).item() == 3.0 and E.knn(x, y, xq, k=2).item() == 2.0
-    assert E.knn(x, y, xq, k=10).item() == pytest.approx(104 / 3)
+    assert estimators.knn(x, y, xq, k=1).item() == 3.0 and estimators.knn(x, y, xq, k=2).item() == 2.0
+    assert estimators.knn(x, y, xq, k=10).item() == pytest.approx(104 / 3)
     # averaging: w = mean(y_i x_i) = (3*[1,0] + 100*[5,5]) / 3
-    assert E.averaging(x, y, xq).item() == pytest.approx(0.9 * (3 + 500) / 3)
-    assert torch.equal(E.averaging(x, y, xq), E.gd_step(x, y, xq, eta=1.0))
+    assert estimators.averaging(x, y, xq).item() == pytest.approx(0.9 * (3 + 500) / 3)
+    assert torch.equal(estimators.averaging(x, y, xq), estimators.gd_step(x, y, xq, eta=1.0))
 
 
 def test_preconditioned_gd_step():
@@ -60,32 +60,32 @@ def test_preconditioned_gd_step():
     gamma = torch.tensor([[2.0, 0.5, 0.0], [0.0, 1.0, 0.0], [0.3, 0.0, 0.1]])
     g = (y.unsqueeze(-1) * x).mean(1)
     expected = 0.7 * torch.einsum("bi,ji,bj->b", g, gamma, xq)  # eta * g^T Gamma^T x_q
-    assert torch.allclose(E.gd_step(x, y, xq, 0.7, gamma), expected, atol=1e-6)
-    assert torch.allclose(E.gd_step(x, y, xq, 0.7, torch.eye(3)), E.gd_step(x, y, xq, 0.7))
+    assert torch.allclose(estimators.gd_step(x, y, xq, 0.7, gamma), expected, atol=1e-6)
+    assert torch.allclose(estimators.gd_step(x, y, xq, 0.7, torch.eye(3)), estimators.gd_step(x, y, xq, 0.7))
 
 
 def test_optimal_step_minimises_the_closed_form_risk_and_matches_monte_carlo():
     n, d, s2 = 10, 5, 0.25
-    eta = E.optimal_gd_step(n, d, s2)
+    eta = estimators.optimal_gd_step(n, d, s2)
     assert eta == pytest.approx(10 / 16.25)
-    risk = lambda e: E.gd_step_risk(e, n, d, s2)  # noqa: E731
+    risk = lambda e: estimators.gd_step_risk(e, n, d, s2)  # noqa: E731
     assert risk(eta) < min(risk(eta - 1e-3), risk(eta + 1e-3))
     gen = torch.Generator().manual_seed(0)
     x, y, _ = regression_prompts(400_000, n + 1, d, s2**0.5, gen)
-    pred = E.gd_step(x[:, :n].double(), y[:, :n].double(), x[:, n].double(), eta)
+    pred = estimators.gd_step(x[:, :n].double(), y[:, :n].double(), x[:, n].double(), eta)
     mc = ((pred - y[:, n].double()) ** 2).mean().item()
     assert mc == pytest.approx(risk(eta), rel=0.01)
 
 
 def test_prefix_predictions_use_only_earlier_points():
     x, y, _ = prompts(b=8, n=6, d=3)
-    out = E.prefix_predictions(E.least_squares, x, y)
+    out = estimators.prefix_predictions(estimators.least_squares, x, y)
     assert out.shape == (8, 6) and torch.equal(out[:, 0], torch.zeros(8))
     y2 = y.clone()
     y2[:, 4:] += 10
-    out2 = E.prefix_predictions(E.least_squares, x, y2)
+    out2 = estimators.prefix_predictions(estimators.least_squares, x, y2)
     assert torch.allclose(out[:, :5], out2[:, :5])
-    assert torch.allclose(out[:, 3], E.least_squares(x[:, :3], y[:, :3], x[:, 3]))
+    assert torch.allclose(out[:, 3], estimators.least_squares(x[:, :3], y[:, :3], x[:, 3]))
 
 
 def gd_lsa(d: int, eta: float) -> LinearSelfAttention:
@@ -109,7 +109,7 @@ def test_lsa_with_the_construction_weights_is_one_gd_step():
     xq = torch.randn(16, d)
     with torch.no_grad():
         pred = lsa_predict(gd_lsa(d, eta), x, y, xq)
-    assert torch.allclose(pred, E.gd_step(x, y, xq, eta), atol=1e-5)
+    assert torch.allclose(pred, estimators.gd_step(x, y, xq, eta), atol=1e-5)
     gamma, step = effective_step(gd_lsa(d, eta), d)
     assert step == pytest.approx(eta) and torch.allclose(gamma, eta * torch.eye(d))
 
@@ -123,7 +123,7 @@ def test_effective_step_reproduces_the_y_linear_part_of_any_layer():
     gamma, _ = effective_step(lsa, d)
     with torch.no_grad():  # the part linear in y: (f(y) - f(-y)) / 2 removes the y-free and y^2 terms
         odd = (lsa_predict(lsa, x, y, xq) - lsa_predict(lsa, x, -y, xq)) / 2
-    assert torch.allclose(odd, E.gd_step(x, y, xq, 1.0, gamma), atol=1e-4)
+    assert torch.allclose(odd, estimators.gd_step(x, y, xq, 1.0, gamma), atol=1e-4)
 
 
 def test_prompt_tokens_layout():

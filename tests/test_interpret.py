@@ -2,11 +2,11 @@
 import torch
 from torch import nn
 
-from ptmlib.peft import interpret as I
+from ptmlib.peft import interpret
 
 
 def test_bcos_unit_is_linear_at_b1_and_suppresses_misaligned_inputs():
-    layer = I.BcosLinear(2, 1, b=1.0).requires_grad_(False)
+    layer = interpret.BcosLinear(2, 1, b=1.0).requires_grad_(False)
     layer.weight.copy_(torch.tensor([[2.0, 0.0]]))  # normalised to (1, 0)
     aligned, oblique = torch.tensor([[3.0, 0.0]]), torch.tensor([[3.0, 3.0]])
     assert float(layer(aligned)) == 3.0 and float(layer(oblique)) == 3.0
@@ -18,15 +18,15 @@ def test_bcosify_copies_the_pretrained_weights_and_is_dynamic_linear():
     torch.manual_seed(0)
     body = nn.Sequential(nn.Linear(4, 3), nn.GELU(), nn.Linear(3, 3), nn.GELU())
     head = nn.Linear(3, 2)
-    model = I.bcosify(body, head, b=2.0)
+    model = interpret.bcosify(body, head, b=2.0)
     w0 = model.layers[0].weight
     assert torch.equal(w0[:, :4], body[0].weight) and torch.equal(w0[:, 4:], torch.zeros(3, 4))
-    x = I.encode(torch.rand(5, 4))
+    x = interpret.encode(torch.rand(5, 4))
     assert x.shape == (5, 8) and torch.allclose(x[:, :4] + x[:, 4:], torch.ones(5, 4))
     target = torch.tensor([0, 1, 0, 1, 1])
     with torch.no_grad():
         logits = model(x).gather(1, target[:, None]).squeeze(1)
-    assert torch.allclose(I.contributions(model, x, target).sum(-1), logits, atol=1e-5)
+    assert torch.allclose(interpret.contributions(model, x, target).sum(-1), logits, atol=1e-5)
     assert not model.layers[0].detach  # restored after the explanation
 
 
@@ -35,18 +35,18 @@ def test_alignment_of_a_linear_model_is_the_cosine_of_its_weight_row():
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]]))
     x = torch.tensor([[1.0, 1.0, 0.0]])
-    assert abs(float(I.alignment(model, x, torch.tensor([0]))) - 2 ** -0.5) < 1e-6
-    assert abs(float(I.alignment(model, x, torch.tensor([1]))) - 0.5) < 1e-6
+    assert abs(float(interpret.alignment(model, x, torch.tensor([0]))) - 2 ** -0.5) < 1e-6
+    assert abs(float(interpret.alignment(model, x, torch.tensor([1]))) - 0.5) < 1e-6
 
 
 def test_concept_table_gives_every_digit_a_distinct_code():
-    codes = {tuple(r.tolist()) for r in I.DIGIT_CONCEPTS}
-    assert len(codes) == 10 and I.DIGIT_CONCEPTS.shape == (10, len(I.CONCEPTS))
+    codes = {tuple(r.tolist()) for r in interpret.DIGIT_CONCEPTS}
+    assert len(codes) == 10 and interpret.DIGIT_CONCEPTS.shape == (10, len(interpret.CONCEPTS))
 
 
 def test_energy_inference_matches_brute_force_and_respects_interventions():
     torch.manual_seed(0)
-    model = I.ConceptModel(5, 3, 4, hidden=6)
+    model = interpret.ConceptModel(5, 3, 4, hidden=6)
     f = torch.randn(6, 5)
     with torch.no_grad():
         c, y = model.energy_predict(f, lam=0.5)

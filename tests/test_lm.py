@@ -1,6 +1,7 @@
 """Token ensembles: embedding read-in, per-member losses and learning rates, pooled features, FLOPs."""
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
@@ -40,7 +41,7 @@ def test_a_member_sees_only_its_own_batch():
     m, bs = model(), batches()
     alone = model(E=1)
     alone.load_state_dict(member_state(m, 2))
-    assert torch.allclose(lm.evaluate(m, bs)[2], lm.evaluate(alone, [bs[2]])[0], atol=1e-6)
+    assert torch.allclose(lm.member_losses(m, bs)[2], lm.member_losses(alone, [bs[2]])[0], atol=1e-6)
 
 
 def test_stack_pads_unequal_rows_without_changing_losses():
@@ -51,7 +52,7 @@ def test_stack_pads_unequal_rows_without_changing_losses():
     assert inputs.shape[:2] == (2, 4) and (targets[1, 2:] == -100).all()
     one = model(E=1)
     one.load_state_dict(member_state(m, 1))
-    assert torch.allclose(lm.evaluate(m, [b0, b1])[1], lm.evaluate(one, [b1])[0], atol=1e-6)
+    assert torch.allclose(lm.member_losses(m, [b0, b1])[1], lm.member_losses(one, [b1])[0], atol=1e-6)
 
 
 def test_member_adamw_step_equals_plain_adamw_at_each_members_rate():
@@ -89,7 +90,7 @@ def test_member_evals_report_each_members_loss():
     m, bs = model(), batches()
     hooks = lm.member_evals(m, {"x": bs}, ["a", "b", "c"])
     values = [hooks[f"x/{n}"]() for n in "abc"]
-    assert torch.allclose(torch.tensor(values), lm.evaluate(m, bs), atol=1e-6)
+    assert torch.allclose(torch.tensor(values), lm.member_losses(m, bs), atol=1e-6)
 
 
 def test_pooled_features_ignore_padding_and_respect_causality():
@@ -117,3 +118,50 @@ def test_step_flops_match_a_flop_counter():
         lm.scored_losses(m, inputs, targets, mask).sum().backward()
     counted = counter.get_total_flops()
     assert abs(lm.step_flops(m, b) - counted) / counted < 0.25  # the rule omits attention scores
+
+
+def test_race_keeps_twins_equal_freezes_lr_zero_and_records_every_eval():
+    from ptmlib import markov
+    from ptmlib.continual import learning as CL
+    from ptmlib.ensemble import member_state, stack_members
+    from ptmlib.profiles import resolve_profile
+
+    P = resolve_profile("smoke", seed=0, cuda_available=False)
+    src = markov.MarkovSource(8, 3, 0.5, seed=0)
+    g = torch.Generator().manual_seed(0)
+    pool, ev = src.sample(64, 9, g), src.sample(16, 8, g)
+    torch.manual_seed(0)
+    one = lm.ensemble_lm(1, 8, 8, 1, n_head=2, max_len=8)
+    twins = lm.ensemble_lm(2, 8, 8, 1, n_head=2, max_len=8)
+    twins.load_state_dict(stack_members([member_state(one, 0)] * 2))
+    draw = CL.mixed_batches(pool, pool, 4, 0.0)
+    curves = lm.race(twins, [draw, draw], [lambda s: 1e-2, lambda s: 0.0], 6, P, {"x": (src, ev)}, eval_every=3)
+    assert [s for s, _ in curves["x"]] == [0, 3, 6]
+    start, end = curves["x"][0][1], curves["x"][-1][1]
+    assert float(start[0]) == pytest.approx(float(start[1]))  # same initialisation
+    assert float(end[1]) == pytest.approx(float(start[1]))  # lr 0: the member does not move
+    assert float(end[0]) < float(start[0])  # lr 1e-2: it learns
+
+
+def test_race_with_a_shared_batch_function_trains_every_member_on_the_same_batches():
+    from ptmlib import markov
+    from ptmlib.ensemble import member_state, stack_members
+    from ptmlib.profiles import resolve_profile
+
+    P = resolve_profile("smoke", seed=0, cuda_available=False)
+    src = markov.MarkovSource(8, 3, 0.5, seed=0)
+    g = torch.Generator().manual_seed(0)
+    pool, ev = src.sample(64, 9, g), src.sample(16, 8, g)
+    draw = lambda gen: pool[torch.randint(0, len(pool), (4,), generator=gen)]  # noqa: E731
+    torch.manual_seed(0)
+    one = lm.ensemble_lm(1, 8, 8, 1, n_head=2, max_len=8)
+    alone = lm.race(copy.deepcopy(one), [draw], [lambda s: 1e-2], 5, P, {"x": (src, ev)}, eval_every=5)["x"]
+    twins = lm.ensemble_lm(2, 8, 8, 1, n_head=2, max_len=8)
+    twins.load_state_dict(stack_members([member_state(one, 0)] * 2))
+    shared = lm.race(twins, draw, [lambda s: 1e-2] * 2, 5, P, {"x": (src, ev)}, eval_every=5)["x"]
+    assert [s for s, _ in shared] == [0, 5]
+    assert float(shared[-1][1][0]) == float(shared[-1][1][1])  # one draw per step, shared: twins stay twins
+    assert float(shared[-1][1][0]) == pytest.approx(float(alone[-1][1][0]), abs=1e-5)  # the same as training alone
+    assert float(shared[-1][1][0]) < float(shared[0][1][0])
+    with pytest.raises(ValueError):
+        lm.race(twins, [draw], [lambda s: 1e-2] * 2, 1, P, {"x": (src, ev)})

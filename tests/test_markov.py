@@ -37,3 +37,18 @@ def test_same_seed_same_chain_and_samples():
     a, b = MarkovSource(seed=5), MarkovSource(seed=5)
     assert torch.equal(a.P, b.P)
     assert torch.equal(a.sample(4, 10, torch.Generator().manual_seed(0)), b.sample(4, 10, torch.Generator().manual_seed(0)))
+
+
+def test_excess_eval_is_each_members_mean_kl():
+    from ptmlib import lm
+    from ptmlib.markov import excess_eval
+
+    m = MarkovSource(8, 3, seed=0)
+    x = m.sample(10, 6, torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = lm.ensemble_lm(2, 8, 8, 1, n_head=2, max_len=6)
+    kl = excess_eval(model, m, x, chunk=3)  # chunks of 3, 3, 3, 1 rows: weighted by their sizes
+    with torch.no_grad():
+        logits = model(x.expand(2, *x.shape), causal=True)
+    assert kl.shape == (2,) and (kl > 0).all()
+    assert torch.allclose(kl, torch.stack([m.excess_loss(logits[e], x) for e in range(2)]), atol=1e-6)

@@ -48,7 +48,7 @@ def test_embed_with_another_model_uses_it():
 
     from ptmlib import minilm as ml
 
-    model, _ = ml.load()
+    model, _ = ml.model_and_tokenizer()
     other = copy.deepcopy(model)
     texts = ["Return the sum of two numbers.", "Open a file for reading."]
     assert torch.allclose(ml.embed(texts, model=other), ml.embed(texts), atol=1e-6)

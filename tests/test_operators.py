@@ -3,9 +3,10 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import ptmlib as ptm
-from ptmlib.science import operators as O
+from ptmlib.science import operators
 from ptmlib.train import TrainConfig
 
 TIMES = [0.0, 0.1, 0.2, 0.3]
@@ -17,23 +18,23 @@ def g(seed=0):
 
 def test_all_pairs_enumerates_every_earlier_later_pair():
     traj = torch.arange(2 * 4 * 3, dtype=torch.float32).view(2, 4, 3)
-    x, y, lead = O.all_pairs(traj, TIMES)
+    x, y, lead = operators.all_pairs(traj, TIMES)
     assert len(x) == 2 * 6  # S (S - 1) / 2 = 6 pairs per trajectory
     assert torch.equal(x[0], traj[0, 0]) and torch.equal(y[0], traj[0, 1])
     assert torch.equal(x[6 + 5], traj[1, 2]) and torch.equal(y[6 + 5], traj[1, 3])
     assert torch.allclose(lead[:6], torch.tensor([0.1, 0.2, 0.3, 0.1, 0.2, 0.1]))
-    x2, y2, lead2 = O.all_pairs(traj, TIMES, leads=[0.2])
+    x2, y2, lead2 = operators.all_pairs(traj, TIMES, leads=[0.2])
     assert len(x2) == 4 and torch.allclose(lead2, torch.full((4,), 0.2))
 
 
 def test_relative_l1_closed_form():
     true = torch.tensor([[1.0, -2.0, 1.0]])
-    assert torch.allclose(O.relative_l1(true + torch.tensor([[0.5, 0.5, 0.0]]), true), torch.tensor([0.25]))
-    assert float(O.relative_l1(true, true)) == 0.0
+    assert torch.allclose(operators.relative_l1(true + torch.tensor([[0.5, 0.5, 0.0]]), true), torch.tensor([0.25]))
+    assert float(operators.relative_l1(true, true)) == 0.0
 
 
 def test_spectral_conv_with_identity_weights_keeps_the_low_modes_only():
-    conv = O.SpectralConv1d(width=2, modes=4)
+    conv = operators.SpectralConv1d(width=2, modes=4)
     with torch.no_grad():
         conv.weight.zero_()
         conv.weight[..., 0] = torch.eye(2)  # real identity for every kept mode
@@ -46,26 +47,26 @@ def test_spectral_conv_with_identity_weights_keeps_the_low_modes_only():
 
 def test_trajectories_follow_their_family():
     with pytest.raises(ValueError, match="unknown family"):
-        O.trajectories("wave", 2, g(), TIMES)
-    adv = O.trajectories("advection", 3, g(1), TIMES, n=64)
+        operators.trajectories("wave", 2, g(), TIMES)
+    adv = operators.trajectories("advection", 3, g(1), TIMES, n=64)
     assert torch.allclose((adv ** 2).sum(-1), (adv[:, :1] ** 2).sum(-1).expand(3, 4), rtol=1e-4)  # a shift keeps the L2 norm
-    heat = O.trajectories("heat", 3, g(2), TIMES, n=64)
+    heat = operators.trajectories("heat", 3, g(2), TIMES, n=64)
     energy = (heat ** 2).sum(-1)
     assert bool((energy[:, 1:] < energy[:, :-1]).all())
 
 
 def test_fno_starts_at_the_identity_and_learns_the_heat_operator():
     torch.manual_seed(0)
-    model = O.FNO1d(width=16, modes=8, layers=2)
+    model = operators.FNO1d(width=16, modes=8, layers=2)
     u = torch.randn(4, 32)
     with torch.no_grad():
         assert model(u, torch.zeros(4)).shape == (4, 32)
-    traj = O.trajectories("heat", 32, g(3), TIMES, n=32)
-    x, y, lead = O.all_pairs(traj, TIMES)
-    copy = float(O.relative_l1(x, y).median())
+    traj = operators.trajectories("heat", 32, g(3), TIMES, n=32)
+    x, y, lead = operators.all_pairs(traj, TIMES)
+    copy = float(operators.relative_l1(x, y).median())
     P = ptm.setup("smoke", seed=0)
-    O.fit_operator(model, x, y, lead, TrainConfig(300, lr=3e-3, schedule="cosine"), P)
-    trained = O.median_error(model, x, y, lead)
+    ptm.fit(model, (x, lead), y, TrainConfig(300, lr=3e-3, schedule="cosine"), P, loss=F.l1_loss)
+    trained = operators.median_error(model, x, y, lead)
     assert trained < 0.5 * copy  # it learned the decay, not just the copy
     with torch.no_grad():  # and the lead time matters: asking for a longer lead changes the answer
         assert not torch.allclose(model(x[:4], torch.full((4,), 0.1)), model(x[:4], torch.full((4,), 0.3)), atol=1e-3)

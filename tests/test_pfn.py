@@ -7,7 +7,7 @@ import torch
 
 from ptmlib.icl.bars import BarDistribution
 from ptmlib.icl.bo import GPSurrogate, constrained_bo, gaussian_ei, sample_functions
-from ptmlib.icl.curves import fit_and_extrapolate, pow3, sample_curves
+from ptmlib.icl.curve_prior import fit_and_extrapolate, pow3, sample_curves
 from ptmlib.icl.gp import gaussian_nll, gp_posterior, rbf_kernel, sample_gp
 from ptmlib.icl.pfn import PFN, context_mask
 

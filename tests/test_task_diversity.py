@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ptmlib.icl import estimators as E
+from ptmlib.icl import estimators
 from ptmlib.icl.compare import prediction_gap
 from ptmlib.icl.tasks import mixture_prior, mixture_prompts, pool_prompts, sparse_prior, task_pool
 
@@ -23,29 +23,29 @@ def test_dmmse_is_the_softmax_posterior_over_the_pool_computed_by_hand():
         loglik = np.array([-np.sum((Y - X @ w) ** 2) / (2 * 0.25) for w in W])
         p = np.exp(loglik - loglik.max())
         p /= p.sum()
-        assert E.dmmse(x, y, xq, pool, 0.25)[b].item() == pytest.approx(float((p @ W) @ xq[b].numpy()), rel=1e-9)
+        assert estimators.dmmse(x, y, xq, pool, 0.25)[b].item() == pytest.approx(float((p @ W) @ xq[b].numpy()), rel=1e-9)
 
 
 def test_dmmse_with_one_task_returns_that_task():
     pool = torch.tensor([[1.0, -2.0]])
     x, y, _ = pool_prompts(None, 8, 4, 2, 0.3, gen(2))
     xq = torch.randn(8, 2)
-    assert torch.allclose(E.dmmse(x, y, xq, pool, 0.1), xq @ pool[0])
+    assert torch.allclose(estimators.dmmse(x, y, xq, pool, 0.1), xq @ pool[0])
 
 
 def test_dmmse_approaches_ridge_as_the_pool_grows():
     x, y, _ = pool_prompts(None, 512, 8, 2, 0.5, gen(3))
     xq = torch.randn(512, 2, generator=gen(4))
-    ridge = E.ridge(x, y, xq, 0.25)
-    gaps = [prediction_gap(E.dmmse(x, y, xq, task_pool(M, 2, gen(5)), 0.25), ridge, 2) for M in (4, 64, 4096)]
+    ridge = estimators.ridge(x, y, xq, 0.25)
+    gaps = [prediction_gap(estimators.dmmse(x, y, xq, task_pool(M, 2, gen(5)), 0.25), ridge, 2) for M in (4, 64, 4096)]
     assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 0.02 * gaps[0]
 
 
 def test_dmmse_prefix_equals_the_prefix_loop():
     pool = task_pool(7, 3, gen(6))
     x, y, _ = pool_prompts(pool, 16, 6, 3, 0.5, gen(7))
-    fast = E.dmmse_prefix(x, y, pool, 0.25, chunk=7 * 6 * 3)  # forces several chunks
-    slow = E.prefix_predictions(lambda a, b, q: E.dmmse(a, b, q, pool, 0.25), x, y)
+    fast = estimators.dmmse_prefix(x, y, pool, 0.25, chunk=7 * 6 * 3)  # forces several chunks
+    slow = estimators.prefix_predictions(lambda a, b, q: estimators.dmmse(a, b, q, pool, 0.25), x, y)
     assert torch.allclose(fast[:, 1:], slow[:, 1:], atol=1e-5)
     assert torch.allclose(fast[:, 0], x[:, 0] @ pool.mean(0), atol=1e-6)  # no data: the pool's mean task
 
@@ -55,14 +55,14 @@ def test_mixture_posterior_mean_special_cases():
     x, y, _ = pool_prompts(None, 32, 5, d, 0.5, gen(8))
     x, y = x.double(), y.double()
     xq = torch.randn(32, d, dtype=torch.float64)
-    one = lambda means, covs: E.mixture_posterior_mean(x, y, xq, means, covs, torch.ones(len(means), dtype=torch.float64) / len(means), 0.25)
+    one = lambda means, covs: estimators.mixture_posterior_mean(x, y, xq, means, covs, torch.ones(len(means), dtype=torch.float64) / len(means), 0.25)
     # a single standard Gaussian component is ridge
     assert torch.allclose(one(torch.zeros(1, d, dtype=torch.float64), torch.eye(d, dtype=torch.float64)[None]),
-                          E.ridge(x, y, xq, 0.25), atol=1e-9)
+                          estimators.ridge(x, y, xq, 0.25), atol=1e-9)
     # point masses (zero covariance, tiny jitter for the Cholesky) at the pool's tasks are dMMSE
     pool = task_pool(6, d, gen(9)).double()
     assert torch.allclose(one(pool, 1e-12 * torch.eye(d, dtype=torch.float64).expand(6, d, d)),
-                          E.dmmse(x, y, xq, pool, 0.25), atol=1e-6)
+                          estimators.dmmse(x, y, xq, pool, 0.25), atol=1e-6)
 
 
 def test_sparse_posterior_matches_numerical_integration():
@@ -79,7 +79,7 @@ def test_sparse_posterior_matches_numerical_integration():
         lik = torch.exp(-((y.double() - w @ x[0].double().T) ** 2).sum(-1) / (2 * 0.25))
         num += torch.trapezoid(prior * lik * (w @ xq[0].double()), z)
         den += torch.trapezoid(prior * lik, z)
-    got = E.mixture_posterior_mean(x.double(), y.double(), xq.double(), means.double(), covs.double(), weights.double(), 0.25)
+    got = estimators.mixture_posterior_mean(x.double(), y.double(), xq.double(), means.double(), covs.double(), weights.double(), 0.25)
     assert got.item() == pytest.approx(float(num / den), rel=1e-6)
 
 
@@ -99,13 +99,13 @@ def test_pool_and_mixture_samplers():
 
 def test_bayes_regret_against_direct_simulation_and_least_squares():
     d, k, s2 = 3, 24, 0.25
-    exact = E.bayes_excess_risk(k, d, s2, gen(14), num_samples=20000)
+    exact = estimators.bayes_excess_risk(k, d, s2, gen(14), num_samples=20000)
     x, y, w = pool_prompts(None, 40000, k + 1, d, s2**0.5, gen(15))
-    pred = E.ridge(x[:, :k], y[:, :k], x[:, k], s2)
+    pred = estimators.ridge(x[:, :k], y[:, :k], x[:, k], s2)
     simulated = ((pred - torch.einsum("bd,bd->b", x[:, k], w)) ** 2).mean().item()
     assert simulated == pytest.approx(exact, rel=0.05)
-    ls = E.least_squares_excess_risk(k, d, s2)
+    ls = estimators.least_squares_excess_risk(k, d, s2)
     assert ls == pytest.approx(0.25 * 3 / 20)
     assert exact < ls and exact > 0.85 * ls  # shrinkage helps a little at k = 8d
     with pytest.raises(ValueError):
-        E.least_squares_excess_risk(4, 3, s2)
+        estimators.least_squares_excess_risk(4, 3, s2)

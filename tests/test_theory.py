@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ptmlib.icl.procedural import count_accuracy, count_logits, counting_batch
+from ptmlib.icl.procedural import count_accuracy, count_features, count_logits, counting_batch
 from ptmlib.metrics import linear_probe
 from ptmlib.icl.theory import (GaussianNaiveBayes, latent_factor_data, logistic_classifier, logistic_loss, logistic_predict,
                            logistic_regression, pca, redundant_feature_classes, samples_to_reach)
@@ -100,6 +100,17 @@ def test_counting_batches_and_accuracy():
     assert count_accuracy(_PerfectCounter(2, 10), x, y).item() == 1.0
     assert count_accuracy(_PerfectCounter(1, 10), x, y).item() < 0.5
     assert count_logits(_PerfectCounter(2, 10), x).shape == (1, 200, 11)
+
+
+def test_count_features_average_the_last_hidden_state_over_positions():
+    from ptmlib.ensemble import EnsembleTransformer
+
+    torch.manual_seed(0)
+    model = EnsembleTransformer(2, 4, 11, 8, n_layer=2, n_head=2, max_len=10)
+    x, _ = counting_batch(gen(8), 2, 5, 10, 4, 0)
+    feats = count_features(model, x)
+    assert feats.shape == (2, 5, 8)
+    assert torch.allclose(feats, model.hidden(x)[-1].mean(2))
 
 
 def test_learning_curves_share_training_sets_and_average_errors():

@@ -13,17 +13,21 @@ Forgetting is >= 0; backward transfer is negative when learning later tasks hurt
 Training (`train_sequentially`) uses either a global loss (cross-entropy over all classes) or a local
 one (over the current task's classes only; evaluation then chooses among the classes seen so far),
 and takes hooks for parameter-efficient methods: LAE's online/offline experts (`LAE`) and rank-
-selective LoRA (`adapters.GatedLoRALinear`).
+selective LoRA (`adapters.GatedLoRALinear`). The methods beyond training: a nearest-class-mean
+classifier, a discrete key-value bottleneck (with its Gaussian-rings toy), and `mixed_batches`, replay
+of the old pretraining data during continued pretraining of a language model (`ptmlib.lm.race`).
 """
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ptmlib.data import index_batches
+from ptmlib.metrics import accuracy
 
 
 def class_incremental_tasks(classes: Sequence[int], n_tasks: int, gen: torch.Generator | None = None) -> list[tuple[int, ...]]:
@@ -198,7 +202,7 @@ def accuracy_row(model: Callable[[torch.Tensor], torch.Tensor], tests: Sequence[
                  classes: torch.Tensor | None = None) -> torch.Tensor:
     """Accuracy of model (x -> scores over all classes) on each task's test set: (T,); with `classes`,
     the prediction is chosen among those classes only (the classes seen so far)."""
-    return torch.tensor([float((restrict(model(x), classes).argmax(-1) == y).float().mean()) for x, y in tests])
+    return torch.tensor([accuracy(restrict(model(x), classes), y) for x, y in tests])
 
 
 def train_sequentially(model: nn.Module, stream: Sequence[tuple[torch.Tensor, torch.Tensor]],
@@ -232,8 +236,9 @@ def train_sequentially(model: nn.Module, stream: Sequence[tuple[torch.Tensor, to
         plain = [p for n, p in named if not any(n.endswith(sfx) for sfx in special)]
         groups = [{"params": plain}] + [{"params": ps, "lr": (lr_by_suffix or {})[sfx]} for sfx, ps in special.items() if ps]
         opt = torch.optim.Adam(groups, lr=lr) if optimizer == "adam" else torch.optim.SGD(groups, lr=lr)
+        draw = index_batches(len(x), batch)
         for _ in range(steps):
-            i = torch.randint(0, len(x), (batch,), generator=gen)
+            i = draw(gen)
             xb, yb = x[i], y[i]
             if replay is not None and len(replay):
                 rx, ry = replay.sample(batch)
@@ -337,7 +342,7 @@ class KeyValueBottleneck(nn.Module):
         d = unlabeled.shape[1]
         self.register_buffer("proj", torch.randn(heads, key_dim, d, generator=gen) / d ** 0.5)
         z = torch.einsum("hkd,nd->hnk", self.proj, unlabeled)
-        pick = torch.randint(0, len(unlabeled), (heads, keys), generator=gen)
+        pick = index_batches(len(unlabeled), heads * keys)(gen).view(heads, keys)  # the keys' data rows
         self.register_buffer("keys", torch.stack([z[h, pick[h]] for h in range(heads)]))
         self.values = nn.Parameter(torch.zeros(heads, keys, n_classes))
 
@@ -360,78 +365,13 @@ def gaussian_rings(n: int, gen: torch.Generator, n_classes: int = 8, radius: flo
     return centres[y] + noise * torch.randn(n, 2, generator=gen), y
 
 
-def lm_race(model: nn.Module, batch_fns: Sequence[Callable[[torch.Generator], torch.Tensor]],
-            lr_fns: Sequence[Callable[[int], float]], steps: int, profile, evals: dict[str, tuple[object, torch.Tensor]],
-            eval_every: int = 50) -> dict[str, list[tuple[int, torch.Tensor]]]:
-    """Train the members of a token ensemble (`ptmlib.lm.ensemble_lm`) side by side, member e on its own
-    batches `batch_fns[e](gen)` -> ids (B, T) with its own learning-rate schedule `lr_fns[e](step)`
-    (causal LM, AdamW). Every `eval_every` steps (and at 0 and the end) record each member's
-    cross-entropy on every evaluation set {name: (MarkovSource, ids)}, as entropy rate + exact KL.
-    Returns {name: [(step, losses (E,))]}."""
-    from ptmlib import lm
-    from ptmlib.objectives.denoising import causal_lm
-    from ptmlib.objectives.scaling import excess_eval
-
-    E = len(batch_fns)
-    opt = torch.optim.AdamW(model.parameters(), lr=1.0, weight_decay=0.0)
-    gen = profile.generator(1000, device="cpu")
-    curves: dict[str, list[tuple[int, torch.Tensor]]] = {name: [] for name in evals}
-
-    def record(step: int) -> None:
-        for name, (source, x) in evals.items():
-            curves[name].append((step, excess_eval(model, source, x) + source.entropy_rate))
-
-    record(0)
-    for step in range(steps):
-        batches = [causal_lm(fn(gen)) for fn in batch_fns]
-        inputs = torch.stack([b.inputs for b in batches]).to(profile.device)
-        targets = torch.stack([b.targets for b in batches]).to(profile.device)
-        opt.zero_grad(set_to_none=True)
-        lm.scored_losses(model, inputs, targets, None, causal=True).sum().backward()
-        lm.member_adamw_step(opt, torch.tensor([fn(step) for fn in lr_fns[:E]]))
-        if (step + 1) % eval_every == 0 or step == steps - 1:
-            record(step + 1)
-    return curves
-
-
 def mixed_batches(pool_new: torch.Tensor, pool_old: torch.Tensor, batch: int, replay: float) -> Callable[[torch.Generator], torch.Tensor]:
     """A batch function drawing round(replay * batch) sequences from the old source's pool and the
-    rest from the new one's (replay of the pretraining data during continued pretraining)."""
+    rest from the new one's (replay of the pretraining data during continued pretraining): new rows first."""
     n_old = round(replay * batch)
+    parts = [(pool, index_batches(len(pool), n)) for pool, n in ((pool_new, batch - n_old), (pool_old, n_old)) if n > 0]
 
     def draw(gen: torch.Generator) -> torch.Tensor:
-        new = pool_new[torch.randint(0, len(pool_new), (batch - n_old,), generator=gen)]
-        old = pool_old[torch.randint(0, len(pool_old), (n_old,), generator=gen)]
-        return torch.cat([new, old])
+        return torch.cat([pool[rows(gen)] for pool, rows in parts])
 
     return draw
-
-
-def rewarm_cosine(peak: float, warmup: int, steps: int, floor: float = 0.1) -> Callable[[int], float]:
-    """Re-warming for continued pretraining (Gupta et al.): linear warmup from 0 to `peak` over
-    `warmup` steps, then cosine decay to floor * peak at `steps`."""
-    def lr(step: int) -> float:
-        if step < warmup:
-            return peak * (step + 1) / warmup
-        t = (step - warmup) / max(1, steps - warmup)
-        return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
-    return lr
-
-
-def infinite_schedule(peak: float, warmup: int, cooldown: int, constant: float, anneal_start: int | None,
-                      anneal: int, floor: float = 0.0) -> Callable[[int], float]:
-    """The infinite learning-rate schedule (Ibrahim et al.): warmup to `peak`, cosine cooldown to the
-    `constant` level over `cooldown` steps, a constant phase of any length, and - only when a model is
-    wanted - a short anneal from `constant` to `floor` over `anneal` steps starting at `anneal_start`
-    (None: never). Continued pretraining resumes in the constant phase, with no re-warming."""
-    def lr(step: int) -> float:
-        if step < warmup:
-            return peak * (step + 1) / warmup
-        if step < warmup + cooldown:
-            t = (step - warmup) / cooldown
-            return constant + (peak - constant) * 0.5 * (1 + math.cos(math.pi * t))
-        if anneal_start is None or step < anneal_start:
-            return constant
-        t = min(1.0, (step - anneal_start) / max(1, anneal))
-        return constant + (floor - constant) * t
-    return lr

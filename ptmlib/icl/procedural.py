@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from ptmlib.metrics import accuracy
+
 
 def counting_batch(gen: torch.Generator, members: int, batch: int, length: int, vocab: int, token: int | list[int]
                    ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -23,7 +25,7 @@ def count_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x).mean(2)
 
 
-def pooled_features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def count_features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The last block's residual stream averaged over positions: (E, B, C), the features a probe reads."""
     return model.hidden(x)[-1].mean(2)
 
@@ -31,4 +33,5 @@ def pooled_features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 def count_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Accuracy of every member: (E,)."""
     with torch.no_grad():
-        return (count_logits(model, x).argmax(-1) == y).float().mean(-1)
+        logits = count_logits(model, x)
+    return torch.tensor([accuracy(lg, t) for lg, t in zip(logits, y)])

@@ -10,8 +10,10 @@ Each wraps a frozen `nn.Linear` (shapes: x (..., d_in) -> (..., d_out)):
 At initialisation LoRA, IA3 and adapters leave the network's function unchanged. LoRA and IA3 merge
 exactly into the frozen weight (`merge`), so the adapted model costs nothing extra at inference.
 `GatedLoRALinear` adds a diagonal gate between B and A whose L1 penalty selects the rank.
-`inject` swaps wrappers in for the linear layers whose qualified names end with one of `targets`.
-`PromptTuning` instead prepends n learned input vectors to a frozen model. The tests check LoRA, IA3
+`replace_linears` swaps wrappers in for the linear layers whose qualified names pass a test (Part III's
+one layer-swapping mechanism); `inject` is the usual case: freeze the model, match names by suffix.
+`PromptTuning` instead prepends n learned input vectors to a frozen model (with an attention mask, the
+prompt positions are always visible). The tests check LoRA, IA3
 and prompt tuning against the `peft` library on the same model (same outputs after the same updates).
 """
 from __future__ import annotations
@@ -123,16 +125,24 @@ class Adapter(nn.Module):
         return h + self.up(F.relu(self.down(h)))
 
 
-def inject(model: nn.Module, targets: list[str], wrap: Callable[[str, nn.Linear], nn.Module]) -> list[str]:
-    """Replace every nn.Linear whose qualified name ends with one of `targets` by wrap(name, layer);
-    freeze everything else. Returns the names replaced (raises if none matched)."""
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and any(n.endswith(t) for t in targets)]
-    if not names:
-        raise ValueError(f"no nn.Linear matches {targets}")
-    model.requires_grad_(False)
+def replace_linears(model: nn.Module, wrap: Callable[[str, nn.Linear], nn.Module],
+                    where: Callable[[str], bool] = lambda name: True) -> list[str]:
+    """Replace every nn.Linear of `model` whose qualified name satisfies `where(name)` by wrap(name, layer),
+    in `named_modules` order; returns the names replaced. The one layer-swapping mechanism of Part III."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and where(n)]
     for name in names:
         model.set_submodule(name, wrap(name, model.get_submodule(name)))
     return names
+
+
+def inject(model: nn.Module, targets: list[str], wrap: Callable[[str, nn.Linear], nn.Module]) -> list[str]:
+    """Freeze `model` and replace every nn.Linear whose qualified name ends with one of `targets` by
+    wrap(name, layer) (`replace_linears` with a suffix test). Returns the names replaced (raises if none matched)."""
+    suffixes = tuple(targets)
+    if not any(isinstance(m, nn.Linear) and n.endswith(suffixes) for n, m in model.named_modules()):
+        raise ValueError(f"no nn.Linear matches {targets}")
+    model.requires_grad_(False)
+    return replace_linears(model, wrap, lambda name: name.endswith(suffixes))
 
 
 def merge(model: nn.Module) -> nn.Module:
@@ -141,8 +151,6 @@ def merge(model: nn.Module) -> nn.Module:
         if isinstance(module, (LoRALinear, IA3Linear)):
             model.set_submodule(name, module.merged())
     return model
-
-
 
 
 class PromptTuning(nn.Module):
@@ -159,9 +167,12 @@ class PromptTuning(nn.Module):
             init = table[torch.randint(0, table.shape[0], (n_tokens,))].detach()
         self.prompt = nn.Parameter(init.clone().reshape(n_tokens, table.shape[1]))
 
-    def forward(self, input_ids: torch.Tensor, **kwargs):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
         embeds = self.model.get_input_embeddings()(input_ids)  # (B, T, C)
         prompt = self.prompt[None].expand(input_ids.shape[0], -1, -1).to(embeds.dtype)
+        if attention_mask is not None:  # the prompt positions are always attended to
+            ones = attention_mask.new_ones(input_ids.shape[0], self.prompt.shape[0])
+            kwargs["attention_mask"] = torch.cat([ones, attention_mask], 1)
         return self.model(inputs_embeds=torch.cat([prompt, embeds], 1), **kwargs)
 
 

@@ -19,7 +19,7 @@ backward pass (found with `torch.autograd.graph.saved_tensors_hooks`, each stora
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ptmlib.peft import adapters
+from ptmlib.data import index_batches
 from ptmlib.models import mean_pool
 from ptmlib.profiles import Profile
 from ptmlib.train import History, TrainConfig, train
@@ -64,12 +65,8 @@ class Classifier(nn.Module):
         self.encoder = encoder
         self.side = side
         width = encoder.config.hidden_size
-        if n_prompt:
-            table = encoder.get_input_embeddings().weight
-            rows = torch.randint(0, table.shape[0], (n_prompt,))
-            self.prompt = nn.Parameter(table[rows].detach().clone())  # prompt tuning from real token rows
-        else:
-            self.prompt = None
+        # prompt tuning from real token rows (ptmlib.peft.adapters); the same encoder, its inputs prefixed
+        self.prompted = adapters.PromptTuning(encoder, n_prompt) if n_prompt else None
         dim = side.out_dim if side is not None else width
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, n_classes))  # standardised features
 
@@ -87,14 +84,10 @@ class Classifier(nn.Module):
             return mean_pool(self.side(states or self.hidden_states(ids, mask)), mask)
         if states is not None:
             return mean_pool(states[-1], mask)
-        if self.prompt is None:
+        if self.prompted is None:
             return mean_pool(self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
-        embeds = self.encoder.get_input_embeddings()(ids)  # (B, T, C)
-        prompt = self.prompt[None].expand(ids.shape[0], -1, -1)
-        ones = torch.ones(ids.shape[0], self.prompt.shape[0], dtype=mask.dtype, device=mask.device)
-        hidden = self.encoder(inputs_embeds=torch.cat([prompt, embeds], 1),
-                              attention_mask=torch.cat([ones, mask], 1)).last_hidden_state
-        return mean_pool(hidden[:, self.prompt.shape[0]:], mask)  # pool the real tokens only
+        hidden = self.prompted(ids, attention_mask=mask).last_hidden_state
+        return mean_pool(hidden[:, self.prompted.prompt.shape[0]:], mask)  # pool the real tokens only
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor,
                 states: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
@@ -189,117 +182,26 @@ def cached_states(model: Classifier, ids: torch.Tensor, batch: int = 64) -> torc
                       for i in range(0, len(ids), batch)], 1)
 
 
-def fit(model: Classifier, ids: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, profile: Profile, *,
-        batch: int = 32, states: torch.Tensor | None = None, data_seed_offset: int = 1000) -> History:
+def fit_classifier(model: Classifier, ids: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, profile: Profile, *,
+                   batch: int = 32, states: torch.Tensor | None = None, data_seed_offset: int = 1000) -> History:
     """Train the classifier's trainable parameters with cross-entropy on random minibatches of (ids, y)
-    (on the profile's device); `states` (from `cached_states`, probe and side network only) skips the frozen encoder."""
+    (on the profile's device); `states` (from `cached_states`, probe and side network only) skips the frozen
+    encoder. What `ptm.fit` does for arrays, with the attention mask and the cached states as extra inputs."""
     def loss_fn(m: nn.Module, i: torch.Tensor) -> torch.Tensor:
         x = ids[i]
         return F.cross_entropy(m(x, pad_mask(x), None if states is None else tuple(states[:, i])), y[i])
 
-    return train(model, lambda g: torch.randint(0, len(ids), (batch,), generator=g, device=g.device), loss_fn, cfg, profile,
-                 examples_per_step=batch, tokens_per_step=batch * ids.shape[1], progress=False,
-                 data_seed_offset=data_seed_offset)
+    return train(model, index_batches(len(ids), batch), loss_fn, cfg, profile, examples_per_step=batch,
+                 tokens_per_step=batch * ids.shape[1], progress=False, data_seed_offset=data_seed_offset)
 
 
 @torch.no_grad()
-def accuracy(model: Classifier, ids: torch.Tensor, y: torch.Tensor, states: torch.Tensor | None = None,
-             batch: int = 256) -> float:
-    """Fraction of ids (N, T) classified as y (N,) (`states` as in `fit`)."""
+def classifier_accuracy(model: Classifier, ids: torch.Tensor, y: torch.Tensor, states: torch.Tensor | None = None,
+                        batch: int = 256) -> float:
+    """Fraction of ids (N, T) classified as y (N,) (`states` as in `fit_classifier`), in batches of `batch`."""
     model.eval()
     hits = 0
     for i in range(0, len(ids), batch):
         x, s = ids[i:i + batch], None if states is None else tuple(states[:, i:i + batch])
         hits += int((model(x, pad_mask(x), s).argmax(-1) == y[i:i + batch]).sum())
     return hits / len(ids)
-
-
-class LayerwiseEnsemble(nn.Module):
-    """LEVI (Roh et al.): a frozen pretrained MLP body (Linear/activation pairs) viewed layer by layer,
-    plus a small model trained from scratch on the raw input. Each view gets its own linear head and
-    the logits are averaged with learned softmax weights: x (B, d) -> logits (B, n_classes)."""
-
-    def __init__(self, body: nn.Sequential, small: nn.Module, width: int, n_classes: int) -> None:
-        super().__init__()
-        self.body = body.requires_grad_(False)
-        self.small = small
-        n_views = len(body) // 2
-        self.heads = nn.ModuleList(nn.Linear(width, n_classes) for _ in range(n_views))
-        self.weights = nn.Parameter(torch.zeros(n_views + 1))
-
-    def views(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of every view: (n_views + 1, B, n_classes), the small model's last."""
-        outs, h = [], x
-        for i, head in enumerate(self.heads):
-            h = self.body[2 * i + 1](self.body[2 * i](h))
-            outs.append(head(h))
-        return torch.stack(outs + [self.small(x)])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("v,vbc->bc", torch.softmax(self.weights, 0), self.views(x))
-
-
-def fit_arrays(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, profile: Profile, *,
-               batch: int = 32, noise: float = 0.0, data_seed_offset: int = 1000,
-               snapshot_every: int = 0) -> list[dict[str, torch.Tensor]]:
-    """Train a classifier on arrays x (N, d), y (N,) with cross-entropy on random minibatches, adding
-    Gaussian input noise of std `noise` (augmentation). Returns copies of the state dict taken every
-    `snapshot_every` steps (empty when 0), for checkpoint averaging."""
-    snaps: list[dict[str, torch.Tensor]] = []
-    noise_gen = profile.generator(data_seed_offset + 1, device="cpu")
-
-    def loss_fn(m: nn.Module, i: torch.Tensor) -> torch.Tensor:
-        xb = x[i] + noise * torch.randn(x[i].shape, generator=noise_gen) if noise else x[i]
-        return F.cross_entropy(m(xb.to(profile.device)), y[i].to(profile.device))
-
-    def snapshot() -> float:
-        snaps.append({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-        return 0.0
-
-    if snapshot_every:
-        cfg = replace(cfg, eval_every=snapshot_every)
-    train(model, lambda g: torch.randint(0, len(x), (batch,), generator=g), loss_fn, cfg, profile,
-          examples_per_step=batch, progress=False, data_seed_offset=data_seed_offset,
-          evals={"snapshot": snapshot} if snapshot_every else None)
-    model.cpu()
-    return snaps
-
-
-def fit_denoiser(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, cfg: TrainConfig, profile: Profile, *,
-                 noise: float = 0.5, batch: int = 32, data_seed_offset: int = 1000) -> History:
-    """Train a class-conditional denoiser model(x + noise * eps, classes) -> x with the mean squared error."""
-    eps_gen = profile.generator(data_seed_offset + 1, device="cpu")
-
-    def loss_fn(m: nn.Module, i: torch.Tensor) -> torch.Tensor:
-        clean = x[i]
-        noisy = clean + noise * torch.randn(clean.shape, generator=eps_gen)
-        return F.mse_loss(m(noisy.to(profile.device), classes[i].to(profile.device)), clean.to(profile.device))
-
-    hist = train(model, lambda g: torch.randint(0, len(x), (batch,), generator=g), loss_fn, cfg, profile,
-                 examples_per_step=batch, progress=False, data_seed_offset=data_seed_offset)
-    model.cpu()
-    return hist
-
-
-@torch.no_grad()
-def denoising_error(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, noise: float = 0.5, seed: int = 99,
-                    **kwargs) -> float:
-    """Mean squared error of the denoised x on a fixed noise draw (the same for every model)."""
-    g = torch.Generator().manual_seed(seed)
-    return float(F.mse_loss(model(x + noise * torch.randn(x.shape, generator=g), classes, **kwargs), x))
-
-
-def distil_hidden_states(student: nn.Module, teacher: nn.Module, batch_fn: Callable[[torch.Generator], dict],
-                         cfg: TrainConfig, profile: Profile, *, batch: int = 16) -> History:
-    """Feature distillation (PELA's intermediate stage): train the student's trainable weights so that
-    every layer's hidden state matches the frozen teacher's, sum of per-layer mean squared errors.
-    `batch_fn(gen)` returns a dict of encoder inputs (input_ids, attention_mask)."""
-    teacher.eval()
-
-    def loss_fn(m: nn.Module, enc: dict) -> torch.Tensor:
-        with torch.no_grad():
-            target = teacher(**enc, output_hidden_states=True).hidden_states
-        got = m(**enc, output_hidden_states=True).hidden_states
-        return sum(F.mse_loss(a, b) for a, b in zip(got[1:], target[1:]))
-
-    return train(student, batch_fn, loss_fn, cfg, profile, examples_per_step=batch, progress=False)

@@ -1,17 +1,23 @@
 """Arithmetic on weights and logits: model soups, loss barriers, task vectors scaled by layer (LiNeS),
-checkpoint combinations (LCSC, EMA) and emulated fine-tuning.
+checkpoint combinations (LCSC, EMA) and emulated fine-tuning; `fine_tune` produces the ingredients
+(runs and their checkpoints) and `accuracy_and_loss` scores a state.
 
 Models are handled as state dicts {name: tensor}; every function returns new tensors and leaves its
 inputs alone. Only floating-point entries are combined (integer buffers are copied from the first).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+
+from ptmlib.metrics import accuracy
+from ptmlib.profiles import Profile
+from ptmlib.train import TrainConfig, fit
 
 State = Mapping[str, torch.Tensor]
 
@@ -114,15 +120,40 @@ def eft_logprobs(large_base: torch.Tensor, small_tuned: torch.Tensor, small_base
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, state: State, x: torch.Tensor, y: torch.Tensor,
-             classes: Sequence[int] | None = None) -> tuple[float, float]:
+def accuracy_and_loss(model: nn.Module, state: State, x: torch.Tensor, y: torch.Tensor,
+                      classes: Sequence[int] | None = None) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of `model` run with the weights `state` on x, y (same device).
     `classes` restricts the prediction to those output columns (y must hold their original labels)."""
     logits = functional_call(model, dict(state), (x,))
     if classes is not None:
         idx = torch.tensor(classes, device=logits.device)
         logits, y = logits[:, idx], torch.searchsorted(idx, y)
-    return float((logits.argmax(-1) == y).float().mean()), float(F.cross_entropy(logits, y))
+    return accuracy(logits, y), float(F.cross_entropy(logits, y))
+
+
+
+
+def fine_tune_arrays(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, profile: Profile, *,
+              batch: int = 32, noise: float = 0.0, data_seed_offset: int = 1000,
+              snapshot_every: int = 0) -> list[dict[str, torch.Tensor]]:
+    """Fine-tune a classifier on arrays x (N, d), y (N,) with `ptm.fit` (cross-entropy on random minibatches),
+    adding Gaussian input noise of std `noise` (augmentation; its own CPU generator, offset
+    data_seed_offset + 1). Returns CPU copies of the state dict taken every `snapshot_every` steps (empty
+    when 0): the checkpoints that soups, EMA and LCSC combine. Leaves the model on the CPU."""
+    snaps: list[dict[str, torch.Tensor]] = []
+    noise_gen = profile.generator(data_seed_offset + 1, device="cpu")
+
+    def snapshot() -> float:
+        snaps.append({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+        return 0.0
+
+    if snapshot_every:
+        cfg = replace(cfg, eval_every=snapshot_every)
+    fit(model, x, y, cfg, profile, batch=batch, data_seed_offset=data_seed_offset,
+        transform=(lambda rows: rows + noise * torch.randn(rows.shape, generator=noise_gen)) if noise else None,
+        evals={"snapshot": snapshot} if snapshot_every else None)
+    model.cpu()
+    return snaps
 
 
 def token_nll(logprobs: torch.Tensor, ids: torch.Tensor) -> float:

@@ -8,8 +8,9 @@ Shapes: every wrapper takes a frozen `nn.Linear` with weight W (d_out, d_in) and
               with a nuclear-norm penalty ||M * D||_* that keeps the update low-rank
     PELA      W ~ (U_r sqrt(S_r)) (sqrt(S_r) V_r^T): the layer replaced by two thin ones (compression)
 
-`graft` implements skill localisation: keep the fine-tuned value only for the parameters that moved
-most, the pretrained value everywhere else. `ece` is the expected calibration error.
+`distil_hidden_states` is PELA's repair: train the compressed model to match the original's hidden
+states. `graft` implements skill localisation: keep the fine-tuned value only for the parameters that
+moved most, the pretrained value everywhere else. Layers are swapped with `adapters.replace_linears`.
 """
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from typing import Callable, Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ptmlib.profiles import Profile
+from ptmlib.train import History, TrainConfig, train
 
 
 class SVFitLinear(nn.Module):
@@ -94,14 +98,6 @@ def rank_for_fraction(d_in: int, d_out: int, fraction: float) -> int:
     return max(1, int(fraction * d_in * d_out / (d_in + d_out)))
 
 
-def replace_linears(model: nn.Module, make: Callable[[nn.Linear], nn.Module], skip: tuple[str, ...] = ()) -> list[str]:
-    """Replace every nn.Linear of `model` (not under a name in `skip`) by make(layer); returns the names."""
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.startswith(skip)]
-    for name in names:
-        model.set_submodule(name, make(model.get_submodule(name)))
-    return names
-
-
 def graft(pretrained: Mapping[str, torch.Tensor], finetuned: Mapping[str, torch.Tensor], fraction: float,
           always: tuple[str, ...] = (), gen: torch.Generator | None = None) -> tuple[dict[str, torch.Tensor], int]:
     """Skill localisation by grafting (Panigrahi et al.): the pretrained state with the fine-tuned values
@@ -127,72 +123,17 @@ def graft(pretrained: Mapping[str, torch.Tensor], finetuned: Mapping[str, torch.
     return out, k
 
 
+def distil_hidden_states(student: nn.Module, teacher: nn.Module, batch_fn: Callable[[torch.Generator], dict],
+                         cfg: TrainConfig, profile: Profile, *, batch: int = 16) -> History:
+    """Feature distillation (PELA's intermediate stage): train the student's trainable weights so that
+    every layer's hidden state matches the frozen teacher's, sum of per-layer mean squared errors.
+    `batch_fn(gen)` returns a dict of encoder inputs (input_ids, attention_mask)."""
+    teacher.eval()
 
-
-class KINDLinear(nn.Module):
-    """A linear layer in KIND's factorised form (Xie et al.): W_c = U diag(s * g_c) V with r = n_common
-    + n_classes * n_tailor components. The class gate g_c (r,) switches on the common components
-    ("learngenes", shared by every class) and the n_tailor components of class c ("tailors").
-    x (B, d_in), classes (B,) -> (B, d_out)."""
-
-    def __init__(self, d_in: int, d_out: int, n_common: int, n_tailor: int, n_classes: int) -> None:
-        super().__init__()
-        r = n_common + n_tailor * n_classes
-        self.U = nn.Parameter(torch.randn(d_out, r) / r ** 0.5)
-        self.V = nn.Parameter(torch.randn(r, d_in) / d_in ** 0.5)
-        self.s = nn.Parameter(torch.ones(r))
-        self.b = nn.Parameter(torch.zeros(d_out))
-        gate = torch.zeros(n_classes, r)
-        gate[:, :n_common] = 1
-        for c in range(n_classes):
-            gate[c, n_common + c * n_tailor:n_common + (c + 1) * n_tailor] = 1
-        self.register_buffer("gate", gate)
-        self.n_common = n_common
-
-    def forward(self, x: torch.Tensor, classes: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
-        g = self.gate[classes] if gate is None else gate
-        return ((x @ self.V.T) * self.s * g) @ self.U.T + self.b
-
-    def load_common(self, other: "KINDLinear") -> None:
-        """Copy only the common components (and the bias) from a pretrained layer: KIND's transfer."""
-        k = self.n_common
+    def loss_fn(m: nn.Module, enc: dict) -> torch.Tensor:
         with torch.no_grad():
-            self.U[:, :k] = other.U[:, :k]
-            self.V[:k] = other.V[:k]
-            self.s[:k] = other.s[:k]
-            self.b.copy_(other.b)
+            target = teacher(**enc, output_hidden_states=True).hidden_states
+        got = m(**enc, output_hidden_states=True).hidden_states
+        return sum(F.mse_loss(a, b) for a, b in zip(got[1:], target[1:]))
 
-
-class KINDDenoiser(nn.Module):
-    """A class-conditional denoiser of 8x8 digits with two KIND layers: (x (B, 64), classes (B,)) ->
-    (B, 64). `part` = "all" | "common" | "tailor" evaluates with only those components switched on."""
-
-    def __init__(self, n_common: int, n_tailor: int, n_classes: int, width: int = 128) -> None:
-        super().__init__()
-        self.l1 = KINDLinear(64, width, n_common, n_tailor, n_classes)
-        self.l2 = KINDLinear(width, width, n_common, n_tailor, n_classes)
-        self.out = nn.Linear(width, 64)
-
-    def _gate(self, layer: KINDLinear, classes: torch.Tensor, part: str) -> torch.Tensor:
-        g = layer.gate[classes].clone()
-        if part == "common":
-            g[:, layer.n_common:] = 0
-        elif part == "tailor":
-            g[:, :layer.n_common] = 0
-        return g
-
-    def forward(self, x: torch.Tensor, classes: torch.Tensor, part: str = "all") -> torch.Tensor:
-        h = F.gelu(self.l1(x, classes, self._gate(self.l1, classes, part)))
-        return self.out(F.gelu(self.l2(h, classes, self._gate(self.l2, classes, part))))
-
-
-class ConditionalDenoiser(nn.Module):
-    """The plain baseline: the same MLP with a learned class embedding added to the first hidden layer."""
-
-    def __init__(self, n_classes: int, width: int = 128) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(n_classes, width)
-        self.l1, self.l2, self.out = nn.Linear(64, width), nn.Linear(width, width), nn.Linear(width, 64)
-
-    def forward(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        return self.out(F.gelu(self.l2(F.gelu(self.l1(x) + self.embed(classes)))))
+    return train(student, batch_fn, loss_fn, cfg, profile, examples_per_step=batch, progress=False)

@@ -1,5 +1,6 @@
 """Neural operators for PDE foundation models (Poseidon, P16): data from `ptmlib.science.pde`, a 1D Fourier
 neural operator with lead-time-conditioned normalisation, all2all training pairs, relative L1 error.
+Training is `ptm.fit(model, (u, lead), target, cfg, P, loss=F.l1_loss)` on the pairs.
 
 Shapes: a state u is (B, n) on a periodic grid of n points; a lead time is (B,).
 
@@ -21,8 +22,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ptmlib.science import pde
-from ptmlib.profiles import Profile
-from ptmlib.train import History, TrainConfig, train
 
 
 @dataclass(frozen=True)
@@ -118,19 +117,6 @@ class FNO1d(nn.Module):
             h = norm(h) * (1 + film[:, layer, 0]) + film[:, layer, 1]
             v = v + F.gelu(h)
         return u + self.project(v).squeeze(-1)
-
-
-def fit_operator(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lead: torch.Tensor, cfg: TrainConfig,
-                 profile: Profile, *, batch: int = 32, data_seed_offset: int = 1000) -> History:
-    """Train on pairs (x (P, n), lead (P,)) -> y (P, n) with the L1 loss, random minibatches."""
-    dev = profile.device
-    x, y, lead = x.to(dev), y.to(dev), lead.to(dev)
-
-    def loss_fn(m: nn.Module, i: torch.Tensor) -> torch.Tensor:
-        return (m(x[i], lead[i]) - y[i]).abs().mean()
-
-    return train(model, lambda g: torch.randint(0, len(x), (batch,), generator=g, device=g.device), loss_fn, cfg,
-                 profile, examples_per_step=batch, progress=False, data_seed_offset=data_seed_offset)
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ptmlib.data import index_batches
 from ptmlib.profiles import Profile
 from ptmlib.train import History, TrainConfig, train
 
@@ -205,7 +206,7 @@ def rolling_origins(length: int, context: int, horizon: int, count: int, start: 
 Forecaster = Callable[[np.ndarray, int, int], np.ndarray]  # (history (T,), horizon, season) -> (H,)
 
 
-def evaluate(forecaster: Forecaster, series: Series, origins: Sequence[int], horizon: int) -> float:
+def evaluate_mase(forecaster: Forecaster, series: Series, origins: Sequence[int], horizon: int) -> float:
     """Mean MASE over the origins whose targets contain no imputed value (forecasts see the full history)."""
     scores = []
     for o in origins:
@@ -262,9 +263,10 @@ class Experts(nn.Module):
     """Time-MoE's sparse feed-forward layer on tokens (..., W): a router scores E experts (two-layer
     MLPs), each token goes to its top-1 expert, whose output is scaled by the router probability.
     After each forward, `aux` holds the load-balancing loss E * sum_e f_e P_e (f_e: fraction of tokens
-    sent to expert e, P_e: its mean router probability; 1 when perfectly balanced) and `counts` the
-    tokens per expert. At this size every expert is evaluated on every token as one batched matmul and
-    the chosen output is gathered - the same function and gradients as sparse dispatch, fewer kernels."""
+    sent to expert e, P_e: its mean router probability; 1 when perfectly balanced), `counts` the
+    tokens per expert and `choice` each token's expert (h.shape[:-1]). At this size every expert is
+    evaluated on every token as one batched matmul and the chosen output is gathered - the same
+    function and gradients as sparse dispatch, fewer kernels."""
 
     def __init__(self, width: int, experts: int, hidden: int) -> None:
         super().__init__()
@@ -275,6 +277,7 @@ class Experts(nn.Module):
         self.b2 = nn.Parameter(torch.zeros(experts, 1, width))
         self.aux = torch.zeros(())
         self.counts = torch.zeros(experts)
+        self.choice = torch.zeros(0, dtype=torch.int64)
 
     def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """Expert e alone on tokens x (N, W) -> (N, W)."""
@@ -291,6 +294,7 @@ class Experts(nn.Module):
         counts = torch.bincount(choice, minlength=len(self.w1))
         self.aux = len(self.w1) * (counts.float() / len(flat) * probs.mean(0)).sum()
         self.counts = counts.detach().cpu()
+        self.choice = choice.view(h.shape[:-1]).cpu()
         return out.view_as(h)
 
 
@@ -417,6 +421,5 @@ def fine_tune(model: PatchMixer, series: Series, end: int, cfg: TrainConfig, pro
     dev = profile.device
     w = w.to(dev)
     fid = torch.full((len(w),), FREQUENCIES.index(series.frequency), device=dev)
-    return train(model, lambda g: torch.randint(0, len(w), (batch,), generator=g, device=g.device),
-                 lambda m, i: forecast_loss(m, w[i], fid[i]), cfg, profile, examples_per_step=batch,
-                 progress=False, data_seed_offset=4000)
+    return train(model, index_batches(len(w), batch), lambda m, i: forecast_loss(m, w[i], fid[i]), cfg, profile,
+                 examples_per_step=batch, progress=False, data_seed_offset=4000)
