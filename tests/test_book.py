@@ -239,6 +239,9 @@ def test_staged_chapters_offer_the_executed_and_the_student_notebook(root, tmp_p
         [cell] = [c for c in nb.cells if "ptm-downloads" in c.metadata.get("tags", [])]
         flat = chapter.replace("/", "-")
         assert f"downloads/{flat}.ipynb>" in cell.source and f"downloads/{flat}-student.ipynb>" in cell.source
+        lines = cell.source.split("\n")  # right under the title, before any prose
+        title = next(i for i, ln in enumerate(lines) if ln.startswith("# "))
+        assert lines[title + 1] == "" and lines[title + 2].startswith("{download}`Download this chapter")
         executed = nbformat.read(stage / "downloads" / f"{flat}.ipynb", as_version=4)
         student = nbformat.read(stage / "downloads" / f"{flat}-student.ipynb", as_version=4)
         assert any(c.get("outputs") for c in executed.cells if c.cell_type == "code")

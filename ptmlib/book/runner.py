@@ -306,16 +306,27 @@ def stage_notebooks(root: Path, executed: Path, stage: Path) -> Path:
         up = "../" * (chapter.count("/") + 1)
         line = (f"{{download}}`Download this chapter as an executed notebook <{up}{DOWNLOADS}/{flat}.ipynb>` · "
                 f"{{download}}`as a student notebook (no solutions, no outputs) <{up}{DOWNLOADS}/{flat}-student.ipynb>`")
-        cell = nbformat.v4.new_markdown_cell(line, metadata={"tags": ["ptm-downloads"]})
-        cell["id"] = "ptm-downloads"
-        first_heading = next((i for i, c in enumerate(nb.cells) if c.cell_type == "markdown"), 0)
-        nb.cells.insert(first_heading + 1, cell)
+        _insert_after_title(nb, line)
         nbformat.write(nb, stage / "chapters" / f"{chapter}.ipynb")
     config = yaml.safe_load((stage / "_config.yml").read_text())
     config.setdefault("execute", {})["execute_notebooks"] = "off"
     config["exclude_patterns"] = [*config.get("exclude_patterns", []), f"{DOWNLOADS}/*"]
     (stage / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     return stage
+
+
+def _insert_after_title(nb: Any, text: str) -> None:
+    """Put `text` in its own paragraph right under the notebook's `# title` (tagging that cell)."""
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            continue
+        lines = cell.source.split("\n")
+        at = next((i for i, ln in enumerate(lines) if ln.startswith("# ")), None)
+        if at is not None:
+            cell.source = "\n".join(lines[:at + 1] + ["", text, ""] + lines[at + 1:])
+            cell.metadata.setdefault("tags", []).append("ptm-downloads")
+            return
+    raise ValueError("the notebook has no '# title' line")
 
 
 def build_html(src: Path, out: Path | None = None) -> subprocess.CompletedProcess:
