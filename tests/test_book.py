@@ -158,7 +158,7 @@ def test_book_builds_from_the_goldens_with_zero_warnings(built_book):
 def test_built_book_serves_mathjax_itself_and_writes_each_inline_script_once(built_book):
     html, _ = built_book
     chapter = (html / "chapters" / "icl" / "linear_regression.html").read_text()
-    assert '<script defer="defer" src="../../_static/mathjax/tex-chtml.js"></script>' in chapter
+    assert re.search(r'<script defer="defer" src="\.\./\.\./_static/mathjax/tex-chtml\.js(\?v=\w+)?"></script>', chapter)
     assert "cdn.jsdelivr" not in chapter and (html / "_static" / "mathjax" / "tex-chtml.js").stat().st_size > 1e6
     assert (html / "_static" / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2").is_dir()  # the glyphs
     assert chapter.count("const THEBE_JS_URL") == 1 and chapter.count("var togglebuttonSelector") == 1
