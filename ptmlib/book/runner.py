@@ -73,18 +73,17 @@ def read_chapter(path: Path) -> Any:
 
 def parameters(path: Path) -> dict[str, Any]:
     """Names and default values of the chapter's parameters cell (`papermill.inspect_notebook`)."""
+    import tempfile
+
+    import nbformat
     import papermill
 
-    nb_path = path
-    if path.suffix == ".md":
-        import tempfile
-
-        import nbformat
-
-        tmp = Path(tempfile.mkdtemp()) / f"{path.stem}.ipynb"
-        nbformat.write(read_chapter(path), tmp)
-        nb_path = tmp
-    found = papermill.inspect_notebook(str(nb_path))
+    with tempfile.TemporaryDirectory() as tmp:
+        nb_path = path
+        if path.suffix == ".md":  # papermill reads .ipynb: convert the MyST chapter first
+            nb_path = Path(tmp) / f"{path.stem}.ipynb"
+            nbformat.write(read_chapter(path), nb_path)
+        found = papermill.inspect_notebook(str(nb_path))
     if not found:
         raise ValueError(f"{path} has no cell tagged 'parameters'")
     return {name: ast.literal_eval(spec["default"]) for name, spec in found.items()}
