@@ -215,7 +215,8 @@ def chapter(namespace: Mapping[str, Any], knobs: Mapping[str, Mapping[str, Any]]
             ) -> tuple[Profile, "Scorecard"]:
     """A chapter's header in one call: `P, card = ptm.chapter(globals(), KNOBS)`.
 
-    Reads `profile`, `seed`, `budget` and the `knobs` overrides dict from the parameters cell's globals,
+    Reads `profile`, `seed`, `budget` and the `knobs` overrides dict from the parameters cell's globals
+    (and `control`, the name of one of the chapter's `CONTROLS` that the runner injects for a control run),
     resolves the profile with the chapter's knob table (`setup`), and opens its `Scorecard` under the
     derived chapter id. An unknown knob or a value of the wrong type raises `ValueError` in one line."""
     from ptmlib.claims import Scorecard
@@ -223,6 +224,45 @@ def chapter(namespace: Mapping[str, Any], knobs: Mapping[str, Mapping[str, Any]]
     overrides = namespace.get("knobs") or {}
     if not isinstance(overrides, Mapping):
         raise ValueError(f"knobs must be a dict of overrides like {{'steps': 100}}, got {overrides!r}")
+    control = namespace.get("control") or ""
+    controls = namespace.get("CONTROLS") or {}
+    if control and control not in controls:
+        raise ValueError(f"unknown control {control!r}; this chapter declares: {', '.join(controls) or 'none'}")
     prof = setup(namespace.get("profile", "auto"), seed=namespace.get("seed", 0), budget=namespace.get("budget", 1.0),
                  knobs=knobs, quiet=quiet, **overrides)
-    return prof, Scorecard(chapter_id(namespace), prof)
+    if control and not quiet:
+        print(f"control run '{control}': every reproduction below must fail")
+    name = chapter_id(namespace)
+    _glue_run_times(name)
+    return prof, Scorecard(name, prof, control)
+
+
+BENCH_FILE = Path("results") / "bench.json"
+
+
+def run_times(chapter: str, root: Path | None = None) -> dict[str, str]:
+    """How long the chapter took per profile, as `ptm bench` / `ptm calibrate` recorded it (`results/bench.json`
+    under `root`, default the repository): {"smoke": "35 s on a 2-core x86_64 CPU (median of 10 seeds, ...)",
+    "full": "not yet run on a GPU"}."""
+    import json
+
+    from ptmlib.paths import repo_root
+
+    try:
+        path = (root or repo_root()) / BENCH_FILE
+        rec = json.loads(path.read_text()).get("chapters", {}).get(chapter, {}) if path.is_file() else {}
+    except (FileNotFoundError, ValueError):
+        rec = {}
+    out = {}
+    for prof, missing in (("smoke", "not measured yet"), ("full", "not yet run on a GPU")):
+        r = rec.get(prof)
+        out[prof] = f"{r['seconds']:.0f} s on a {r['machine']} ({r['how']}, {r['date']})" if r else missing
+    return out
+
+
+def _glue_run_times(chapter: str) -> None:
+    """Glue `ptm_time_smoke` and `ptm_time_full` for the chapter's "Running this chapter" box."""
+    from ptmlib import glue
+
+    for prof, text in run_times(chapter).items():
+        glue(f"ptm_time_{prof}", text)

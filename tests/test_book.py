@@ -184,8 +184,10 @@ knobs = {{}}
 import ptmlib as ptm
 
 KNOBS = {{"n": {{"smoke": 3, "full": 5}}}}
+CONTROLS = {{"tiny": {{"n": 1}}, "big": {{"n": 9}}}}
 P, card = ptm.chapter(globals(), KNOBS)
-card.claim("n_at_least_{need}", paper="demo", statement="n", measured=P.n, op=">=", threshold={need})
+card.claim("n_at_least_{need}", kind="reproduces", paper="demo", statement="n", measured=P.n + 0 * seed, op=">=",
+           threshold={need})
 card.finish()
 ```
 """

@@ -59,3 +59,16 @@ def test_chapters_alias_modules_with_words_not_letters():
     for path in CHAPTERS:
         short = re.findall(r"^\s*(?:from ptmlib[\w.]* )?import [\w.]+ as ([A-Za-z]{1,2})\b", _code(path), re.M)
         assert not [a for a in short if a not in ("F", "np", "plt", "nn")], (path, short)
+
+
+def test_every_claim_says_its_kind_and_chapters_show_claims_only_through_the_scorecard():
+    """Issue 17: `card.claim(...)` always names its kind (reproduces, check or negative); it returns nothing, so no
+    `_ =` in front of it; the scorecard says how many claims passed, so no chapter prints its own count."""
+    for path in CHAPTERS:
+        code = _code(path)
+        for call in ast.walk(ast.parse(code)):
+            if isinstance(call, ast.Call) and getattr(call.func, "attr", None) == "claim":
+                kinds = [k.value for k in call.keywords if k.arg == "kind"]
+                assert kinds and isinstance(kinds[0], ast.Constant) and kinds[0].value in (
+                    "reproduces", "check", "negative"), (path, ast.unparse(call)[:80])
+        assert not re.search(r"_ = card\.claim|len\(card\.claims\)", code), path

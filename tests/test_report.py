@@ -8,10 +8,10 @@ from ptmlib.book.runner import strip_volatile
 from ptmlib.book.report import RECORDED, load_recorded, part_label, record, render, write_report
 
 
-def _row(profile, measured, passed, seed=0):
-    return {"id": "gap", "chapter": "icl/linear_regression", "paper": "garg2022icl", "statement": "small gap",
+def _row(profile, measured, passed, seed=0, kind="reproduces", id="gap", control=""):
+    return {"id": id, "chapter": "icl/linear_regression", "kind": kind, "paper": "garg2022icl", "statement": "small gap",
             "measured": measured, "threshold": 0.1, "op": "<", "passed": passed, "profile": profile, "seed": seed,
-            "paper_value": "≈ 0"}
+            "paper_value": "≈ 0", "control": control}
 
 
 def _book(tmp_path, root):
@@ -31,7 +31,7 @@ def _golden(book, rows):
 def _line(text, claim="gap"):
     lines = text.splitlines()
     i = lines.index(f"  - `{claim}`: small gap")
-    return lines[i - 2: i + 4]
+    return lines[i - 3: i + 4]
 
 
 def test_report_puts_each_profile_in_its_column(tmp_path, root, monkeypatch):
@@ -42,9 +42,10 @@ def test_report_puts_each_profile_in_its_column(tmp_path, root, monkeypatch):
     (runs / "full" / "icl" / "linear_regression.json").write_text(json.dumps([_row("full", 0.25, False)]))
     text = render(book)
     assert _line(text) == ["* - I", "  - {doc}`icl/linear_regression <chapters/icl/linear_regression>`",
-                           "  - `gap`: small gap", "  - {cite:p}`garg2022icl`: ≈ 0", "  - 0.05 (< 0.1): pass (golden, seed 0)",
+                           "  - reproduction", "  - `gap`: small gap", "  - {cite:p}`garg2022icl`: ≈ 0", "  - 0.05 (< 0.1): pass (golden, seed 0)",
                            "  - 0.25 (< 0.1): **FAIL** (this machine, seed 0, not recorded)"]
-    assert "**1 claims in 1 chapters.** Smoke: 1 of 1 pass. Full: 1 recorded, 0 pass." in text
+    assert ("**1 reproductions in 1 chapters.** Smoke: 1 of 1 pass at seed 0; 0 pass at all ten calibration seeds; "
+            "0 fail under every control of their chapter. Full: 1 recorded, 0 pass.") in text
     assert '<option value="I">Part I. In-context learning theory</option>' in text
     assert '<option value="II">' not in text  # only parts that have claims
     assert write_report(book).read_text() == text
@@ -53,11 +54,11 @@ def test_report_puts_each_profile_in_its_column(tmp_path, root, monkeypatch):
 def test_a_local_smoke_run_at_another_seed_is_labelled_as_such(tmp_path, root):
     book = _book(tmp_path, root)
     _golden(book, [_row("smoke", 0.05, True)])
-    assert _line(render(book))[4] == "  - 0.05 (< 0.1): pass (golden, seed 0)"
+    assert _line(render(book))[5] == "  - 0.05 (< 0.1): pass (golden, seed 0)"
     run = book / "_build" / "runs" / "icl"  # what `ptm run` and `make book` write
     run.mkdir(parents=True)
     (run / "linear_regression.claims.json").write_text(json.dumps([_row("smoke", 0.07, True, seed=3)]))
-    assert _line(render(book))[4] == "  - 0.07 (< 0.1): pass (this machine, seed 3)"
+    assert _line(render(book))[5] == "  - 0.07 (< 0.1): pass (this machine, seed 3)"
 
 
 def test_recorded_full_runs_are_merged_with_their_card_and_date(tmp_path, root):
@@ -120,3 +121,50 @@ def test_strip_volatile_removes_run_metadata_and_fixes_cell_ids(tmp_path):
     out = nbformat.read(path, as_version=4)
     assert "papermill" not in out.metadata and "execution" not in out.cells[0].metadata
     assert out.cells[0].metadata["tags"] == ["parameters"] and [c.id for c in out.cells] == ["cell-0", "cell-1"]
+
+
+def test_headline_counts_reproductions_only_and_the_strip_shows_seeds_threshold_and_controls(tmp_path, root):
+    book = _book(tmp_path, root)
+    _golden(book, [_row("smoke", 0.05, True), _row("smoke", 0.01, True, kind="check", id="bytes"),
+                   _row("smoke", 0.5, False, kind="negative", id="paper_method")])
+    cal = book / "results" / "calibration" / "smoke" / "icl"
+    cal.mkdir(parents=True)
+    runs = {str(s): {"ok": True, "claims": {"gap": {"measured": 0.05 + s / 1000}}} for s in range(10)}
+    (cal / "linear_regression.json").write_text(json.dumps(
+        {"runs": runs, "controls": {"cut_to_1pct": {"ok": True, "claims": {"gap": {"measured": 0.9}}}}}))
+    run = book / "_build" / "runs" / "controls" / "cut_to_1pct" / "icl"  # a control run is not a result
+    run.mkdir(parents=True)
+    (run / "linear_regression.claims.json").write_text(json.dumps([_row("smoke", 0.9, False, control="cut_to_1pct")]))
+    text = render(book)
+    assert ("**1 reproductions in 1 chapters.** Smoke: 1 of 1 pass at seed 0; 1 pass at all ten calibration seeds; "
+            "1 fail under every control of their chapter.") in text
+    assert "Besides: 1 checks (1 pass at smoke) and 1 negative results" in text
+    line = _line(text)[5]
+    assert line.startswith("  - 0.05 (< 0.1): pass (golden, seed 0) <svg class=\"ptm-strip\"")
+    assert line.count("<circle") == 10 and line.count(">×</text>") == 1 and 'stroke="#d62728"' in line
+    assert "seeds 0-9: 0.05 to 0.059; threshold &lt; 0.1; control cut_to_1pct: 0.9" in line
+    neg = _line(text, "paper_method")
+    assert neg[2] == "  - negative result" and neg[5] == "  - 0.5 (< 0.1): not reproduced (golden, seed 0)"
+
+
+def test_run_times_come_from_the_bench_record_into_the_syllabus(tmp_path, root):
+    from ptmlib.book.bench import record_time
+    from ptmlib.book.report import TIMES_END, TIMES_START, syllabus_with_times
+    from ptmlib.profiles import run_times
+
+    book = _book(tmp_path, root)
+    assert run_times("icl/linear_regression", book) == {"smoke": "not measured yet", "full": "not yet run on a GPU"}
+    record_time(book, "icl/linear_regression", "smoke", 31.26, "median of 10 seeds, 2 chapter(s) at once")
+    smoke = run_times("icl/linear_regression", book)["smoke"]
+    assert smoke.startswith("31 s on a ") and "CPU (median of 10 seeds, 2 chapter(s) at once, 20" in smoke
+    text = syllabus_with_times(book, f"intro\n{TIMES_START}\nold table\n{TIMES_END}\nafter\n")
+    assert "old table" not in text and text.startswith("intro\n") and text.endswith(f"{TIMES_END}\nafter\n")
+    assert f"| {{doc}}`chapters/icl/linear_regression` | {smoke} | not yet run on a GPU |" in text
+    assert syllabus_with_times(book, "no markers") == "no markers"
+
+
+def test_the_syllabus_run_times_are_current(root):
+    from ptmlib.book.report import syllabus_with_times
+
+    text = (root / "syllabus.md").read_text()
+    assert syllabus_with_times(root, text) == text, "run `ptm report` to refresh the syllabus's run times"

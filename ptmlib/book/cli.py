@@ -50,6 +50,15 @@ def _parser() -> _Parser:
     run.add_argument("--seed", type=int, default=None, help="default: the chapter's, 0")
     run.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE")
     run.add_argument("--out", type=Path, default=Path("_build/runs"))
+    run.add_argument("--control", default=None, metavar="NAME",
+                     help="run under one of the chapter's CONTROLS (every reproduction must fail); 'all': each of them")
+    cal = sub.add_parser("calibrate", help="run chapters at several seeds and under their controls; record the claims "
+                                            "in results/calibration/")
+    cal.add_argument("chapters", nargs="*", metavar="ID")
+    cal.add_argument("--all", action="store_true", help="every chapter, in book order")
+    cal.add_argument("--seeds", default="0-9", help="e.g. 0-9 (default) or 0,3,5")
+    cal.add_argument("-j", "--jobs", type=int, default=None, help="runs at once (default: one per core)")
+    cal.add_argument("--no-controls", action="store_true", help="seeds only")
     bless = sub.add_parser("bless", help="re-execute chapters at smoke and store their golden notebooks")
     bless.add_argument("chapters", nargs="*")
     sub.add_parser("report", help="write the reproduction report page (report.md)")
@@ -113,12 +122,29 @@ def _dispatch(args: argparse.Namespace) -> int:
                 params[flag] = getattr(args, flag)
         jobs = _jobs(args.jobs, params.get("profile", "auto"))
         try:
+            if args.control:
+                return _run_controls(root, chosen, args.out, params, args.control, jobs)
             results = book.run_many(root, chosen, args.out, params, jobs=jobs)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
         for res in results:
             print(f"  {res.chapter} -> {res.notebook}")
         return 0 if all(r.ok for r in results) else 1
+    if args.cmd == "calibrate":
+        from ptmlib.book.calibrate import calibrate, parse_seeds
+
+        if args.all == bool(args.chapters):
+            raise UsageError("give chapter ids or --all (one of them)")
+        chosen = ids if args.all else check_ids(args.chapters)
+        try:
+            seeds = parse_seeds(args.seeds)
+            records = calibrate(root, chosen, seeds, jobs=_jobs(args.jobs, "smoke"), controls=not args.no_controls)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+        bad = [(c, s) for c, r in records.items() for s, e in {**r["runs"], **r["controls"]}.items() if not e["ok"]]
+        for c, s in bad:
+            print(f"  not ok: {c} {'seed ' + s if s.isdigit() else 'control ' + s}")
+        return 1 if bad else 0
     if args.cmd == "bless":
         status = 0
         for c in check_ids(args.chapters):
@@ -155,6 +181,22 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_benchmarks(root, [] if args.skip_chapters else check_ids(args.chapters))
     raise UsageError(f"unknown command {args.cmd!r}")  # pragma: no cover
+
+
+def _run_controls(root: Path, chapters: list[str], out: Path, params: dict[str, Any], control: str, jobs: int) -> int:
+    """`ptm run ID... --control NAME|all`: each chapter under its control(s); exit 1 unless every reproduction failed."""
+    from ptmlib.book import runner as book
+
+    status = 0
+    for c in chapters:
+        nb = book.read_chapter(book.chapter_path(root, c))
+        names = list(book.control_table(nb)) if control == "all" else [control]
+        if not names:
+            raise UsageError(f"{c} declares no CONTROLS")
+        for name in names:
+            res = book.run_chapter(root, c, out / "controls" / name, book.control_params(nb, c, name, params))
+            status |= _report_run(res)
+    return status
 
 
 def _report_run(res: Any) -> int:

@@ -89,15 +89,70 @@ def parameters(path: Path) -> dict[str, Any]:
     return {name: ast.literal_eval(spec["default"]) for name, spec in found.items()}
 
 
-def knob_table(nb: Any) -> dict[str, dict[str, Any]]:
-    """The chapter's `KNOBS = {...}` table, read from its source (a literal dict), without running it."""
+def _literal(nb: Any, name: str) -> dict[str, Any]:
+    """A top-level `NAME = {...}` literal dict in the chapter's code, read without running it ({} if absent)."""
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
         for node in ast.parse(cell.source).body:
-            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "KNOBS":
+            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == name:
                 return ast.literal_eval(node.value)
     return {}
+
+
+def knob_table(nb: Any) -> dict[str, dict[str, Any]]:
+    """The chapter's `KNOBS = {...}` table, read from its source (a literal dict), without running it."""
+    return _literal(nb, "KNOBS")
+
+
+def control_table(nb: Any) -> dict[str, dict[str, Any]]:
+    """The chapter's `CONTROLS = {name: {parameter: value}}`: the runs under which every reproduction must fail."""
+    return _literal(nb, "CONTROLS")
+
+
+def control_params(nb: Any, chapter: str, control: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """`params` with the named control's overrides applied (the control wins) and `control` set; `ValueError`
+    for a control the chapter does not declare."""
+    table = control_table(nb)
+    if control not in table:
+        raise ValueError(f"unknown control {control!r} for {chapter}; declared: {', '.join(table) or 'none'}")
+    return {**params, **table[control], "control": control}
+
+
+_CLAIM_WORDING = ("kind", "paper", "statement", "threshold", "paper_value")
+_SHOW_ONLY = ("print", "glue", "display")  # statements that only show a value: they do not change what is measured
+
+
+def chapter_digest(nb: Any) -> str:
+    """sha256 of what a chapter computes: its code cells (not solutions, not papermill's injected cell), parsed,
+    with comments, `print`/`glue`/`display` statements and the wording and thresholds of `card.claim(...)` calls
+    removed, so re-wording a claim, gluing a number or setting a threshold from the calibration keeps the key, and
+    any change to what is measured changes it."""
+    import hashlib
+
+    class Strip(ast.NodeTransformer):
+        def visit_Expr(self, node: ast.Expr) -> ast.AST | None:
+            call = node.value
+            if isinstance(call, ast.Call):
+                name = getattr(call.func, "attr", None) or getattr(call.func, "id", None)
+                if name in _SHOW_ONLY:
+                    return None
+            return self.generic_visit(node)
+
+        def visit_Call(self, node: ast.Call) -> ast.AST:
+            self.generic_visit(node)
+            if isinstance(node.func, ast.Attribute) and node.func.attr == "claim":
+                node.keywords = [k for k in node.keywords if k.arg not in _CLAIM_WORDING]
+            return node
+
+    h = hashlib.sha256()
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if cell.cell_type != "code" or "injected-parameters" in tags or "solution" in tags:
+            continue
+        tree = Strip().visit(ast.parse(cell.source))
+        h.update(ast.dump(tree).encode())
+    return h.hexdigest()
 
 
 def check_parameters(nb: Any, chapter: str, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -110,7 +165,7 @@ def check_parameters(nb: Any, chapter: str, params: Mapping[str, Any]) -> dict[s
     base = {k: v for k, v in params.items() if k in ("profile", "seed", "budget")}
     knobs = dict(params.get("knobs") or {})
     for key, value in params.items():
-        if key in ("profile", "seed", "budget", "knobs"):
+        if key in ("profile", "seed", "budget", "knobs", "control"):
             continue
         if key not in table:
             allowed = ", ".join(["profile", "seed", "budget", *table])
@@ -118,7 +173,22 @@ def check_parameters(nb: Any, chapter: str, params: Mapping[str, Any]) -> dict[s
         knobs[key] = value
     resolve_profile(base.get("profile", "auto"), seed=base.get("seed", 0), budget=base.get("budget", 1.0),
                     knobs=table, overrides=knobs, cuda_available=False)
-    return {**base, "knobs": knobs, "chapter": chapter}
+    out = {**base, "knobs": knobs, "chapter": chapter}
+    if params.get("control"):
+        if params["control"] not in control_table(nb):
+            raise ValueError(f"unknown control {params['control']!r} for {chapter}; "
+                             f"declared: {', '.join(control_table(nb)) or 'none'}")
+        out["control"] = params["control"]
+    return out
+
+
+def claim_holds(measured: float, op: str, threshold: float) -> bool:
+    """Whether `measured <op> threshold` holds (NaN never does): the test `card.claim` applies."""
+    import math
+
+    from ptmlib.claims import OPS
+
+    return math.isfinite(measured) and bool(OPS[op](measured, threshold))
 
 
 def code_cells(nb: Any) -> list[str]:
@@ -137,15 +207,23 @@ class RunResult:
     error: str = ""
     passed: int = 0  # claims that passed
     total: int = 0  # claims recorded
-    failed: tuple[str, ...] = ()  # ids of the claims that failed
+    failed: tuple[str, ...] = ()  # ids of the claims that failed (in a control run: reproductions that passed)
+    control: str = ""  # the control run's name, "" for a normal run
+    seed: int | None = None
 
     def line(self) -> str:
         """One line for the terminal: id, verdict, seconds, claims passed (and which failed)."""
-        claims = f"claims {self.passed}/{self.total}" if self.total else "no claims"
         verdict = "ok" if self.ok else "FAILED"
-        extra = f"; failing claim(s): {', '.join(self.failed)}" if self.failed else ""
+        name = self.chapter + (f" seed={self.seed}" if self.seed is not None else "")
+        if self.control:
+            claims = f"reproductions failed {self.total - self.passed}/{self.total}" if self.total else "no claims"
+            extra = f"; still passing under the control: {', '.join(self.failed)}" if self.failed else ""
+            name += f" [control {self.control}]"
+        else:
+            claims = f"claims {self.passed}/{self.total}" if self.total else "no claims"
+            extra = f"; failing claim(s): {', '.join(self.failed)}" if self.failed else ""
         extra += f"; {self.error}" if self.error and not self.failed else ""
-        return f"{self.chapter}: {verdict} in {self.wall_s:.1f} s, {claims}{extra}"
+        return f"{name}: {verdict} in {self.wall_s:.1f} s, {claims}{extra}"
 
 
 KERNEL_ARGS = ["--IPKernelApp.log_level=CRITICAL"]  # no "running over TCP without encryption" warning on every run
@@ -165,6 +243,7 @@ def run_chapter(root: Path, chapter: str, out_dir: Path, params: Mapping[str, An
     src = chapter_path(root, chapter)
     nb = read_chapter(src)
     params = check_parameters(nb, chapter, params)
+    control = params.get("control", "")
     out_nb = out_dir / f"{chapter}.ipynb"
     out_claims = out_dir / f"{chapter}.claims.json"
     out_nb.parent.mkdir(parents=True, exist_ok=True)
@@ -192,10 +271,14 @@ def run_chapter(root: Path, chapter: str, out_dir: Path, params: Mapping[str, An
         from ptmlib.claims import load_claims
 
         rows = load_claims(out_claims)
+        if control:  # a control run counts its reproductions: each must fail
+            rows = [r for r in rows if r["kind"] == "reproduces"]
+            failed = tuple(r["id"] for r in rows if r["passed"])
+        else:
+            failed = tuple(r["id"] for r in rows if r["kind"] != "negative" and not r["passed"])
         passed, total = sum(r["passed"] for r in rows), len(rows)
-        failed = tuple(r["id"] for r in rows if not r["passed"])
     ok = not error and out_claims.is_file() and not failed
-    return RunResult(chapter, ok, wall, out_nb, out_claims, error, passed, total, failed)
+    return RunResult(chapter, ok, wall, out_nb, out_claims, error, passed, total, failed, control)
 
 
 def _run_one(args: tuple[Path, str, Path, dict[str, Any], bool]) -> RunResult:
