@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: book test test-fast install bless bench clean
+.PHONY: book test test-fast install bless bench lab clean
 
 install: $(STAMP)
 
@@ -29,6 +29,9 @@ bless: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/ptm bench
+
+lab: $(STAMP)  # JupyterLab at the repository root, chapters open as notebooks; e.g. make lab LAB_ARGS="--no-browser"
+	$(BIN)/ptm lab $(LAB_ARGS)
 
 clean:
 	rm -rf _build .cache

@@ -196,7 +196,7 @@ def _quiet_libraries() -> None:
         pass
 
 
-CHAPTER_RE = re.compile(r"(?:^|/)(?:chapters|tests/golden)/([^/]+/[^/.]+)\.(?:md|ipynb)$")
+CHAPTER_RE = re.compile(r"(?:^|/)(?:chapters|tests/golden|_build/student)/([^/]+/[^/.]+)\.(?:md|ipynb)$")
 
 
 def chapter_id(namespace: Mapping[str, Any]) -> str:

@@ -230,6 +230,7 @@ def test_the_chapter_id_is_derived_from_the_runner_or_the_jupyter_server(monkeyp
     assert chapter_id({}) == "peft/lora_and_adapters"
     monkeypatch.delenv("JPY_SESSION_NAME")
     assert chapter_id({"__vsc_ipynb_file__": "/x/tests/golden/icl/pfn.ipynb"}) == "icl/pfn"
+    assert chapter_id({"__session__": "/x/_build/student/peft/merging_and_arithmetic.ipynb"}) == "peft/merging_and_arithmetic"
     monkeypatch.chdir(tmp_path)
     assert chapter_id({}) == f"{tmp_path.name}/notebook"
 

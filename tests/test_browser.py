@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,45 @@ def test_a_missing_notebook_download_fails(copy, driver):
         notebook.unlink()
     problems = _problems(copy, driver)
     assert any(p.startswith("download link broken:") and p.endswith("-student.ipynb") for p in problems), problems
+
+
+_LAB_NOTEBOOK = """
+const nb = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook');
+if (!nb) return null;
+const cells = nb.querySelectorAll('.jp-Cell');
+const code = [...nb.querySelectorAll('.jp-CodeCell .jp-InputArea-editor')].map(e => e.textContent);
+const title = nb.querySelector('.jp-MarkdownCell h1');
+const tab = document.querySelector('#jp-main-dock-panel .lm-TabBar-tab.lm-mod-current .lm-TabBar-tabLabel');
+const kernel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Toolbar-kernelName');
+return {cells: cells.length, code: code, title: title && title.textContent, tab: tab && tab.textContent,
+        kernel: kernel && kernel.textContent.trim()};
+"""
+
+
+@needs_browser
+def test_jupyterlab_opens_a_chapter_as_a_notebook_on_the_book_kernel(root, driver):
+    """`ptm lab`'s server in Chromium: the chapter's .md renders as a notebook (not as a text file), its
+    parameters cell first, on the kernel named for the book; a screenshot lands beside the book's."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from ptmlib.book.lab import DISPLAY_NAME, configure, serve_lab
+
+    configure()  # what `ptm lab` does before it starts the server
+    with serve_lab(root) as (base, token):
+        driver.get(f"{base}lab/tree/chapters/icl/linear_regression.md?token={token}")
+
+        def rendered(d):
+            seen = d.execute_script(_LAB_NOTEBOOK)
+            ready = seen and seen["cells"] >= 10 and seen["title"] and seen["code"] and "profile =" in seen["code"][0]
+            return seen if ready and seen["kernel"] == DISPLAY_NAME else False
+
+        seen = WebDriverWait(driver, 180, poll_frequency=0.5).until(rendered)
+        assert seen["tab"] == "linear_regression.md" and not driver.find_elements("css selector", ".jp-FileEditor")
+        assert "Transformers learn linear regression in context" in seen["title"]  # markdown rendered as cells
+        driver.execute_script("document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell')"
+                              ".scrollIntoView({block: 'center'})")  # the parameters cell, in the screenshot
+        time.sleep(1)
+        shot = root / "_build" / "test-book" / "_build" / "screenshots" / "jupyterlab_linear_regression.png"
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(shot))
+    assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 50_000

@@ -1,4 +1,4 @@
-"""`ptm`: list, run, bless, report, record, build and benchmark the book's chapters.
+"""`ptm`: list, run, bless, report, record, build and benchmark the book's chapters; open them in JupyterLab.
 
 Bad input (an unknown chapter, profile or parameter, a malformed `-p`) prints one line on stderr
 and exits with status 2; a failing notebook or claim exits with status 1.
@@ -9,7 +9,7 @@ import argparse
 import ast
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from ptmlib.profiles import PROFILES
 
@@ -77,6 +77,10 @@ def _parser() -> _Parser:
     bench = sub.add_parser("bench", help="smoke wall time per chapter and the training loop's overhead")
     bench.add_argument("chapters", nargs="*")
     bench.add_argument("--skip-chapters", action="store_true")
+    lab = sub.add_parser("lab", help="JupyterLab at the repository root, chapters open as notebooks")
+    lab.add_argument("--port", type=int, default=None, help="default: Jupyter's, 8888 (or the next free one)")
+    lab.add_argument("--ip", default=None, help="address to listen on (default: localhost)")
+    lab.add_argument("--no-browser", action="store_true", help="do not open a browser (a remote machine)")
     return p
 
 
@@ -180,7 +184,22 @@ def _dispatch(args: argparse.Namespace) -> int:
         from ptmlib.book.bench import run_benchmarks
 
         return run_benchmarks(root, [] if args.skip_chapters else check_ids(args.chapters))
+    if args.cmd == "lab":
+        return _lab(root, args.port, args.ip, not args.no_browser)
     raise UsageError(f"unknown command {args.cmd!r}")  # pragma: no cover
+
+
+def _lab(root: Path, port: int | None, ip: str | None, browser: bool) -> NoReturn:
+    """`ptm lab`: check the input and the environment, then become the JupyterLab server (never returns)."""
+    from ptmlib.book import lab
+
+    if port is not None and not 0 <= port <= 65535:
+        raise UsageError(f"--port must be in 0..65535, got {port}")
+    if ip is not None and not ip.strip():
+        raise UsageError("--ip must not be empty")
+    if not lab.jupyterlab_installed():
+        raise UsageError("JupyterLab or jupytext is not installed in this environment: run `make install`")
+    lab.start(root, port=port, ip=ip, browser=browser)
 
 
 def _run_controls(root: Path, chapters: list[str], out: Path, params: dict[str, Any], control: str, jobs: int) -> int:
