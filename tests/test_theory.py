@@ -40,6 +40,19 @@ def test_logistic_regression_reaches_the_regularised_optimum():
     assert torch.equal(logistic_classifier(x, y, l2=0.1)(x), logistic_predict(w.detach(), x))
 
 
+def test_logistic_regression_iteration_budget():
+    """max_iter=1 is one line search along the gradient at 0: the weights point along sum_i (y_i - 1/2) x_i,
+    and the loss sits above the converged fit's (the chapter's cut_to_1pct control relies on both)."""
+    x, y = redundant_feature_classes(400, gen(3), copies=3, independent=10)
+    x = x.double()
+    xb = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+    w1, w100 = logistic_regression(x, y, l2=1e-4, max_iter=1), logistic_regression(x, y, l2=1e-4, max_iter=100)
+    direction = xb.T @ (y.double() - 0.5)
+    assert torch.nn.functional.cosine_similarity(w1, direction, dim=0) > 0.999
+    assert logistic_loss(w1, xb, y, 1e-4) > logistic_loss(w100, xb, y, 1e-4) + 1e-3
+    assert torch.equal(logistic_classifier(x, y, l2=1e-4, max_iter=1)(x), logistic_predict(w1, x))
+
+
 def test_naive_bayes_beats_logistic_regression_early_and_loses_late():
     xt, yt = redundant_feature_classes(4000, gen(2))
     err = lambda p: (p != yt).float().mean().item()

@@ -65,9 +65,11 @@ def logistic_predict(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return ((x @ w[:-1] + w[-1]) > 0).long()
 
 
-def logistic_classifier(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-2) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Fit `logistic_regression` and return its predict function (a learner for `learning_curves`)."""
-    w = logistic_regression(x, y, l2)
+def logistic_classifier(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-2,
+                        max_iter: int = 100) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Fit `logistic_regression` (at most `max_iter` L-BFGS iterations) and return its predict function
+    (a learner for `learning_curves`)."""
+    w = logistic_regression(x, y, l2, max_iter)
     return lambda x_new: logistic_predict(w, x_new)
 
 
