@@ -118,3 +118,39 @@ def test_rendered_classifier_reads_the_first_logits_of_the_rendered_image():
     model = crossmodal.RenderedClassifier(image_model, 5)
     points, mask = crossmodal.points_from_images(torch.rand(2, 64), torch.Generator().manual_seed(0))
     assert torch.equal(model(points, mask), image_model(model.render(points, mask))[:, :5])
+
+
+def test_camera_shift_is_not_a_per_pixel_affine_map_of_the_input():
+    """Blur, a square root and fresh noise: the best per-pixel affine fit leaves a clear residual, the
+    background pattern is shared by every image, and the noise differs between noise seeds."""
+    x, _ = ptm.data.digits((0, 1, 2, 3, 4), "train")
+    shifted = blackbox.camera_shift(x)
+    clean = blackbox.camera_shift(x, noise=0.0)
+    assert torch.allclose(blackbox.camera_shift(x[:1], noise=0.0), clean[:1])  # the camera is deterministic
+    xc, sc = x - x.mean(0), shifted - shifted.mean(0)
+    slope = (xc * sc).sum(0) / xc.pow(2).sum(0).clamp_min(1e-9)
+    residual = (sc - slope * xc).pow(2).mean() / sc.pow(2).mean()
+    assert residual > 0.2  # a per-pixel affine map explains well under 80% of the variance
+    assert not torch.allclose(blackbox.camera_shift(x, noise_seed=1), shifted)
+
+
+def test_sampled_clouds_sample_the_ink_and_differ_between_draws():
+    x = torch.zeros(2, 64)
+    x[0, 9] = 1.0  # one inked pixel at (1, 1)
+    x[1, [0, 63]] = 1.0  # two inked corners
+    g = torch.Generator().manual_seed(0)
+    a, b = crossmodal.sampled_clouds(x, g, n_points=50), crossmodal.sampled_clouds(x, g, n_points=50)
+    assert a.shape == (2, 50, 2) and not torch.equal(a, b)
+    assert ((a[0] - 1).abs() <= 0.5).all()  # every point within its pixel's jitter box
+    near_origin = (a[1].norm(dim=-1) < 1).float().mean()
+    assert 0.2 < near_origin < 0.8  # both corners drawn
+
+
+def test_splat_renderer_puts_density_where_the_points_are():
+    r = crossmodal.SplatRenderer()
+    with torch.no_grad():
+        r.colour[0].weight.fill_(1.0), r.colour[0].bias.zero_(), r.colour[2].weight.fill_(1.0), r.colour[2].bias.zero_()
+        img = r(torch.tensor([[[2.0, 5.0]] * 4]))
+    assert img.shape == (1, 64) and int(img.argmax()) == 2 * 8 + 5
+    model = crossmodal.RenderedClassifier(torch.nn.Linear(64, 10), 5, crossmodal.SplatRenderer())
+    assert model(torch.rand(3, 24, 2) * 7).shape == (3, 5)

@@ -65,17 +65,18 @@ STRATEGIES = ("random", "entropy", "balanced", "representative")
 
 def active_learning_curve(pool_x: torch.Tensor, pool_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
                           n_classes: int, strategy: str, gen: torch.Generator, *, start: int = 10, step: int = 10,
-                          rounds: int = 5) -> list[float]:
+                          rounds: int = 5, probe_iters: int = 200) -> list[float]:
     """Test accuracy of a softmax probe on frozen features after each labelling round: `start` random
-    labels, then `rounds` rounds of `step` more chosen by `strategy` ("random" | "entropy" | "balanced")
-    from the rest of the pool. Returns rounds + 1 accuracies (the label counts are start + i * step)."""
+    labels, then `rounds` rounds of `step` more chosen by `strategy` (one of `STRATEGIES`)
+    from the rest of the pool; the probe is refitted by `probe_iters` L-BFGS iterations each round.
+    Returns rounds + 1 accuracies (the label counts are start + i * step)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; allowed: {', '.join(STRATEGIES)}")
     labelled = torch.zeros(len(pool_x), dtype=torch.bool)
     labelled[torch.randperm(len(pool_x), generator=gen)[:start]] = True
     accs = []
     for r in range(rounds + 1):
-        proba = fit_softmax_probe(pool_x[labelled], pool_y[labelled], n_classes, l2=1e-2)
+        proba = fit_softmax_probe(pool_x[labelled], pool_y[labelled], n_classes, l2=1e-2, max_iter=probe_iters)
         accs.append(accuracy(proba(test_x), test_y))
         if r == rounds:
             break

@@ -2,6 +2,8 @@
 
 - `pixel_prompt`: a per-pixel affine visual prompt, x -> x * (1 + a) + b, theta = (a, b); `PromptedModel`
   puts one (a trainable theta) in front of a frozen model, for white-box training with gradients.
+- `camera_shift`: a new imaging domain for the 8x8 digits that no per-pixel prompt can undo exactly
+  (blur, a saturating response, low contrast, a fixed background and per-image sensor noise).
 - `spsa_gradient`: simultaneous-perturbation estimate of a gradient from two loss evaluations,
   g = (L(theta + c delta) - L(theta - c delta)) / (2c) * delta with delta in {-1, +1}^d (Spall 1992);
   BlackVIP's SPSA-GC adds a look-ahead (Nesterov) momentum on top (`spsa_minimise`).
@@ -64,3 +66,19 @@ class PromptedModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_prompt(self.theta, x))
+
+
+def camera_shift(x: torch.Tensor, contrast: float = 0.3, strength: float = 0.7, blur: float = 0.5,
+                 noise: float = 0.1, seed: int = 42, noise_seed: int = 0) -> torch.Tensor:
+    """A new imaging domain for 8x8 digits x (N, 64) that a per-pixel prompt cannot invert: each pixel mixed
+    with its four neighbours (weight `blur` on their mean; spatial mixing), a saturating response sqrt(.)
+    (nonlinear), low `contrast`, a fixed background pattern u ~ U(0, 1)^64 (the camera's, from `seed`)
+    times `strength`, and Gaussian sensor noise of standard deviation `noise`, fresh for every image
+    (from `noise_seed`; no fixed map removes it)."""
+    pattern = torch.rand(64, generator=torch.Generator().manual_seed(seed))
+    img = x.reshape(-1, 1, 8, 8)
+    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]).reshape(1, 1, 3, 3) / 4
+    neighbours = torch.nn.functional.conv2d(img, kernel, padding=1)
+    mixed = ((1 - blur) * img + blur * neighbours).reshape(-1, 64)
+    sensor = torch.randn(mixed.shape, generator=torch.Generator().manual_seed(noise_seed))
+    return contrast * mixed.clamp_min(0).sqrt() + strength * pattern + noise * sensor

@@ -2,8 +2,11 @@
 
 - `points_from_images`, `PointRenderer`, `RenderedClassifier`: P2P in miniature, a point cloud rendered
   into the image a frozen image model reads, with a tiny learned colouring.
+- `sampled_clouds`, `SplatRenderer`: a lossy point-cloud modality (a few jittered points sampled from the
+  ink, no intensities) and its renderer (Gaussian splats of learned width, then a learned colouring).
 - `info_nce`, `recall_at_k`: the symmetric contrastive loss of two-tower (CLIP / Wukong) training and
   the retrieval metric it is judged by.
+- `random_minilm`: MiniLM's architecture untrained, the no-pretraining control of a frozen text encoder.
 - `BagOfTokens`: a small text model, the student of GPT4Image-style distillation (a head for its own
   labels, a projection into the teacher's embedding space).
 """
@@ -55,16 +58,47 @@ class PointRenderer(nn.Module):
         return torch.zeros(len(points), 64, device=points.device, dtype=value.dtype).scatter_add(1, index, value)
 
 
-class RenderedClassifier(nn.Module):
-    """renderer -> image model (frozen or not) -> the first `n_classes` logits: points (N, P, 3), mask (N, P)
-    -> (N, n_classes)."""
+def sampled_clouds(x: torch.Tensor, gen: torch.Generator, n_points: int = 24, jitter: float = 0.5) -> torch.Tensor:
+    """A lossy point-cloud view of 8x8 images x (N, 64): `n_points` points per image, each drawn from the
+    image's ink (pixel chosen with probability proportional to its intensity, with replacement) and
+    placed at the pixel centre plus uniform jitter in [-jitter, jitter]^2. Intensities are not kept:
+    a cloud is an unordered set of 2-D positions, (N, n_points, 2) as (row, col); no renderer can
+    recover the image exactly from it."""
+    ink = x.clamp_min(0) + 1e-6
+    pixel = torch.multinomial(ink / ink.sum(1, keepdim=True), n_points, replacement=True, generator=gen)
+    pos = torch.stack([pixel // 8, pixel % 8], -1).float()
+    return pos + jitter * (2 * torch.rand(pos.shape, generator=gen) - 1)
 
-    def __init__(self, image_model: nn.Module, n_classes: int) -> None:
+
+class SplatRenderer(nn.Module):
+    """P2P's projection for `sampled_clouds`: each point becomes a Gaussian splat on the 8x8 pixel grid
+    (geometry kept; the width is learned), the splats are summed into a density per pixel, and a tiny MLP
+    (1 -> hidden -> 1) colours each pixel from its density: points (N, P, 2) -> image (N, 64)."""
+
+    def __init__(self, hidden: int = 8) -> None:
         super().__init__()
-        self.render, self.image_model, self.n_classes = PointRenderer(), image_model, n_classes
+        self.log_width = nn.Parameter(torch.tensor(-0.5))
+        self.colour = nn.Sequential(nn.Linear(1, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        grid = torch.stack([torch.arange(64) // 8, torch.arange(64) % 8], -1).float()
+        self.register_buffer("grid", grid)
 
-    def forward(self, points: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.image_model(self.render(points, mask))[:, :self.n_classes]
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        d2 = ((points[:, :, None, :] - self.grid[None, None]) ** 2).sum(-1)  # (N, P, 64)
+        density = torch.exp(-d2 / (2 * self.log_width.exp() ** 2)).sum(1) / points.shape[1] * 8  # (N, 64)
+        return self.colour(density[..., None]).squeeze(-1)
+
+
+class RenderedClassifier(nn.Module):
+    """renderer -> image model (frozen or not) -> the first `n_classes` logits: the renderer's inputs (for
+    `PointRenderer`: points (N, P, 3), mask (N, P); for `SplatRenderer`: points (N, P, 2)) -> (N, n_classes)."""
+
+    def __init__(self, image_model: nn.Module, n_classes: int, renderer: nn.Module | None = None) -> None:
+        super().__init__()
+        self.render = PointRenderer() if renderer is None else renderer
+        self.image_model, self.n_classes = image_model, n_classes
+
+    def forward(self, *cloud: torch.Tensor) -> torch.Tensor:
+        return self.image_model(self.render(*cloud))[:, :self.n_classes]
 
 
 class BagOfTokens(nn.Module):
@@ -83,3 +117,14 @@ class BagOfTokens(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(ids))
+
+
+def random_minilm() -> nn.Module:
+    """MiniLM's architecture at a seeded random initialisation (no pretraining), in eval mode: pass it as
+    `minilm.embed(..., model=...)` for a text encoder that has learned nothing."""
+    from ptmlib import minilm
+
+    packaged, _ = minilm.model_and_tokenizer()
+    with torch.random.fork_rng():  # leave the caller's random state alone
+        torch.manual_seed(0)
+        return type(packaged)(packaged.config).eval()
