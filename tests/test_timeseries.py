@@ -158,3 +158,16 @@ def test_mixer_with_experts_reports_its_aux_loss_and_rollout_extends_the_horizon
         second = model(torch.cat([x[:, 4:16], first], 1), f)
     assert long.shape == (3, 10)
     assert torch.allclose(long[:, :4], first) and torch.allclose(long[:, 4:8], second, atol=1e-5)
+
+
+def test_pretraining_replicas_differ_by_their_data_seed_and_repeat_with_it():
+    import ptmlib as ptm
+    from ptmlib.train import TrainConfig
+
+    P = ptm.setup("smoke", seed=0)
+    losses = []
+    for offset in (3000, 3000, 4000):
+        torch.manual_seed(0)
+        model = timeseries.PatchMixer(context=16, horizon=4, patch=4, width=8, blocks=1)
+        losses.append(timeseries.pretrain(model, TrainConfig(3, lr=1e-3), P, pool_size=8, data_seed_offset=offset).loss)
+    assert losses[0] == losses[1] and losses[0] != losses[2]  # same data seed, same run; another, other batches

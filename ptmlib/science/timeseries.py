@@ -396,9 +396,11 @@ def windows(series: Series, end: int, length: int) -> torch.Tensor:
 
 
 def pretrain(model: PatchMixer, cfg: TrainConfig, profile: Profile, *, batch: int = 64, kernel_share: float = 0.25,
-             pool_size: int = 1024, trends: bool = True, walks: bool = True, aux_weight: float = 0.01) -> History:
+             pool_size: int = 1024, trends: bool = True, walks: bool = True, aux_weight: float = 0.01,
+             data_seed_offset: int = 3000) -> History:
     """Train on fresh `mixed_prior` batches of length context + horizon (KernelSynth samples drawn
-    from a pool of `pool_size`, generated once); returns the History."""
+    from a pool of `pool_size`, generated once); returns the History. A different `data_seed_offset`
+    draws a different stream of prior batches (a pretraining replica)."""
     length = model.context + model.horizon
     dev = profile.device
     pool = kernel_synth(pool_size, length, profile.generator(2999, device="cpu")) if kernel_share else None
@@ -408,7 +410,7 @@ def pretrain(model: PatchMixer, cfg: TrainConfig, profile: Profile, *, batch: in
         return x.to(dev), f.to(dev)
 
     return train(model, batch_fn, lambda m, b: forecast_loss(m, *b, aux_weight=aux_weight), cfg, profile,
-                 examples_per_step=batch, progress=False, data_seed_offset=3000)
+                 examples_per_step=batch, progress=False, data_seed_offset=data_seed_offset)
 
 
 def fine_tune(model: PatchMixer, series: Series, end: int, cfg: TrainConfig, profile: Profile, *,
