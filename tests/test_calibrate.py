@@ -81,7 +81,7 @@ def test_ptm_run_control_and_calibrate_on_a_demo_book(tmp_path, capsys, monkeypa
     assert sorted(rec["runs"]) == ["0", "1", "2", "3"] and rec["controls"]["tiny"]["ok"]
     assert not rec["controls"]["big"]["ok"] and code == 1
     bench = json.loads((demo / "results" / "bench.json").read_text())["chapters"]["demo/ok"]["smoke"]
-    assert bench["seconds"] > 0 and "median of 4 seeds" in bench["how"]
+    assert bench["seconds"] > 0 and "median of 4 seeds in ptm calibrate -j 1" in bench["how"]
     src = demo / "chapters" / "demo" / "ok.md"
     src.write_text(src.read_text().replace("P.n + 0 * seed", "P.n + 0 * seed * 2"))  # the computation changed
     run_ptm(["calibrate", "demo/ok", "--seeds", "0", "--no-controls"], demo, capsys, monkeypatch)

@@ -154,9 +154,9 @@ def test_run_times_come_from_the_bench_record_into_the_syllabus(tmp_path, root):
 
     book = _book(tmp_path, root)
     assert run_times("icl/linear_regression", book) == {"smoke": "not measured yet", "full": "not yet run on a GPU"}
-    record_time(book, "icl/linear_regression", "smoke", 31.26, "median of 10 seeds, 2 chapter(s) at once")
+    record_time(book, "icl/linear_regression", "smoke", 31.26, "median of 10 seeds in ptm calibrate -j 2")
     smoke = run_times("icl/linear_regression", book)["smoke"]
-    assert smoke.startswith("31 s on a ") and "CPU (median of 10 seeds, 2 chapter(s) at once, 20" in smoke
+    assert smoke.startswith("31 s on a ") and "CPU (median of 10 seeds in ptm calibrate -j 2, 20" in smoke
     text = syllabus_with_times(book, f"intro\n{TIMES_START}\nold table\n{TIMES_END}\nafter\n")
     assert "old table" not in text and text.startswith("intro\n") and text.endswith(f"{TIMES_END}\nafter\n")
     assert f"| {{doc}}`chapters/icl/linear_regression` | {smoke} | not yet run on a GPU |" in text

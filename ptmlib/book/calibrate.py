@@ -119,7 +119,7 @@ def calibrate(root: Path, chapters: list[str], seeds: list[int], jobs: int = 1, 
         walls = [r["wall_s"] for r in rec["runs"].values() if r["ok"]]
         if len(walls) >= 3:
             record_time(root, c, "smoke", statistics.median(walls),
-                        f"median of {len(walls)} seeds, {jobs} chapter(s) at once")
+                        f"median of {len(walls)} seeds in ptm calibrate -j {jobs}")
     return records
 
 
