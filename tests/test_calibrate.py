@@ -115,6 +115,9 @@ def test_every_chapter_is_calibrated_at_seeds_0_to_9_for_its_current_code(root):
 BELOW_TWO_REPRODUCTIONS = {
     "objectives/replaced_token_detection": "its discriminators learn nothing beyond the base rate at smoke (rtd_learns "
                                            "is a negative result), so nothing measured through them is a reproduction",
+    "objectives/denoising_objectives": "once supervision is equalised only the span model's deficit separates from "
+                                       "the 1% control; causal-vs-MLM is ahead at every seed but too noisy (a check) "
+                                       "and the architecture ranking is a negative result",
     "science/time_series": "prior_needs_trends is positive at every seed but too noisy to clear the 1% control with "
                            "the 2.5-sd margin (a negative result); a second reproduction over all seven series is "
                            "designed but not yet calibrated",

@@ -168,3 +168,14 @@ def test_the_syllabus_run_times_are_current(root):
 
     text = (root / "syllabus.md").read_text()
     assert syllabus_with_times(root, text) == text, "run `ptm report` to refresh the syllabus's run times"
+
+
+def test_a_local_run_in_an_older_claims_format_is_skipped_not_fatal(tmp_path, root, capsys):
+    book = _book(tmp_path, root)
+    _golden(book, [_row("smoke", 0.05, True)])
+    run = book / "_build" / "runs" / "icl"
+    run.mkdir(parents=True)
+    old = {k: v for k, v in _row("smoke", 0.07, True, seed=3).items() if k not in ("kind", "control")}
+    (run / "linear_regression.claims.json").write_text(json.dumps([old]))
+    assert _line(render(book))[5] == "  - 0.05 (< 0.1): pass (golden, seed 0)"
+    assert "older claims format" in capsys.readouterr().out
