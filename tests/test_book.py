@@ -147,7 +147,7 @@ def test_book_builds_from_the_goldens_with_zero_warnings(built_book):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "warning" not in proc.stderr.lower(), proc.stderr[-5000:]
     chapter = (html / "chapters" / "icl" / "linear_regression.html").read_text()
-    assert "ptm-scorecard" in chapter and "5/5 claims passed" in chapter
+    assert "ptm-scorecard" in chapter and "5/5 reproductions and 0/0 checks passed" in chapter
     assert chapter.count("<img") >= 2 and "Garg" in chapter  # figures and resolved citations
     assert "report.html" in (html / "intro.html").read_text()
     report = (html / "report.html").read_text()

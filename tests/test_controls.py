@@ -30,4 +30,4 @@ def test_every_reproduction_fails_under_each_control(chapter, control, tmp_path)
     res = book.run_chapter(ROOT, chapter, tmp_path, book.control_params(nb, chapter, control, {"profile": "smoke",
                                                                                                 "seed": 0}))
     assert res.ok, res.line()
-    assert res.total >= 2 and res.passed == 0, res.line()
+    assert res.total >= 1 and res.passed == 0, res.line()

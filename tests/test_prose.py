@@ -39,7 +39,7 @@ def test_a_typed_run_number_is_found_and_glue_const_code_and_thresholds_are_not(
     typed = typed_numbers(_chapter("LEVI reaches 0.61 here, and the loss ends at 1.234 (truncated)."), golden,
                           [0.6051])
     assert [t.split(" (")[0] for t in typed] == ["cell 0: 0.61", "cell 0: 1.234"]
-    clean = _chapter("LEVI reaches {glue:text}`levi`; the paper reports {const}`0.605`; `x = 0.6051` is code; "
+    clean = _chapter("LEVI reaches {glue:text}`levi`; the paper reports {constant}`0.605`; `x = 0.6051` is code; "
                      "the threshold is 0.5 and 0.3047 is the scorecard's own line; one digit: 0.6.")
     assert typed_numbers(clean, golden, [0.6051]) == []
     # two significant digits: flagged when printed verbatim or a claim/glue rounds to it, not by a loose match
@@ -54,4 +54,4 @@ def test_no_chapter_types_a_number_its_run_prints_or_glues(root):
         golden = nbformat.read(root / book.GOLDEN_DIR / f"{chapter}.ipynb", as_version=4)
         claims = json.loads((root / book.GOLDEN_DIR / f"{chapter}.claims.json").read_text())
         problems += [f"{chapter}: {t}" for t in typed_numbers(nb, golden, [c["measured"] for c in claims])]
-    assert not problems, "typed run numbers (glue them, or mark a true constant {const}`x`):\n" + "\n".join(problems)
+    assert not problems, "typed run numbers (glue them, or mark a true constant {constant}`x`):\n" + "\n".join(problems)

@@ -3,12 +3,12 @@
 Rule. The run's numbers are every decimal number in the golden notebook's printed output (stream and
 `text/plain`, glued values included; not the scorecard cell's, whose thresholds are the chapter's
 constants) and every claim's measured value. A decimal number in a markdown
-cell (outside code, glue, citation and reference roles, and outside `{const}` roles) is *typed* when
+cell (outside code, glue, citation and reference roles, and outside `{constant}` roles) is *typed* when
 - it has at least 3 significant digits and some run number rounds or truncates to it at its precision; or
 - it has 2 significant digits and it appears verbatim in the output, or a claim's measured value or a
   glued value rounds or truncates to it.
 One-digit numbers (0.5, 3.0) and integers are not checked. A true constant (a paper's number, a closed
-form, a setting) is written as `` {const}`0.25` ``, which renders as the plain number.
+form, a setting) is written as `` {constant}`0.25` ``, which renders as the plain number.
 """
 from __future__ import annotations
 

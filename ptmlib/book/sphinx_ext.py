@@ -1,6 +1,6 @@
-"""A Sphinx extension for the book's HTML: the `{const}` role, and one fix for an upstream bug.
+"""A Sphinx extension for the book's HTML: the `{constant}` role, and one fix for an upstream bug.
 
-`` {const}`0.25` `` renders as plain text. It marks a number in the prose as a true constant (a paper's
+`` {constant}`0.25` `` renders as plain text. It marks a number in the prose as a true constant (a paper's
 number, a closed form, a setting) rather than a result of the run, which the typed-number test exempts:
 every result reaches the prose through glue.
 
@@ -32,15 +32,15 @@ def _dedupe(app: Any, pagename: str, templatename: str, context: dict[str, Any],
         context["script_files"] = unique_scripts(list(context["script_files"]))
 
 
-def const_role(name: str, rawtext: str, text: str, lineno: int, inliner: Any, options: Any = None,
+def constant_role(name: str, rawtext: str, text: str, lineno: int, inliner: Any, options: Any = None,
                content: Any = None) -> tuple[list[Any], list[Any]]:
-    """`{const}`text`` -> the text itself."""
+    """`{constant}`text`` -> the text itself."""
     from docutils import nodes
 
     return [nodes.Text(text)], []
 
 
 def setup(app: Any) -> dict[str, Any]:
-    app.add_role("const", const_role)
+    app.add_role("constant", constant_role)
     app.connect("html-page-context", _dedupe)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
