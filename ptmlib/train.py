@@ -79,12 +79,42 @@ def lr_multiplier(step: int, cfg: TrainConfig) -> float:
     return schedules.constant(cfg.warmup_steps)(step)
 
 
-def make_optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The optimizer named in `cfg` (fused kernels on CUDA where PyTorch has them)."""
+def decays(module: torch.nn.Module, name: str, p: torch.Tensor) -> bool:
+    """Whether AdamW's weight decay applies to parameter `name` of `module`: matrices and embedding tables
+    (>= 2 dims) do; biases, norm gains and shifts (also an ensemble's stacked (E, 1, C) ones) and scalars do not."""
+    return p.dim() >= 2 and not name.endswith("bias") and "norm" not in type(module).__name__.lower()
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """The trainable parameters of `model` as AdamW groups: those `decays` picks get `weight_decay`, the rest 0."""
+    decay, plain, seen = [], [], set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if p.requires_grad and id(p) not in seen:  # a tied weight is listed once
+                seen.add(id(p))
+                (decay if decays(module, name, p) else plain).append(p)
+    return [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0})
+            if g["params"]]
+
+
+def make_optimizer(params: torch.nn.Module | Any, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer named in `cfg`. Given a model, weight decay (when `cfg.weight_decay` > 0) goes to its
+    matrices only (`param_groups`); given a list of tensors, to those with >= 2 dims. AdamW and Adam use
+    PyTorch's fused kernel when every parameter is a floating-point CUDA tensor."""
+    if isinstance(params, torch.nn.Module):
+        groups: list[Any] = (param_groups(params, cfg.weight_decay) if cfg.weight_decay
+                             else [p for p in params.parameters() if p.requires_grad])
+    else:
+        tensors = list(params)
+        groups = tensors if not cfg.weight_decay else [g for g in (
+            {"params": [p for p in tensors if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in tensors if p.dim() < 2], "weight_decay": 0.0}) if g["params"]]
+    flat = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    fused = bool(flat) and all(p.is_cuda and p.is_floating_point() for p in flat)
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    return cls(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused or None)
 
 
 @dataclass
@@ -141,7 +171,7 @@ def train(
     """
     model.to(profile.device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(params, cfg)
+    opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, cfg))
     gen = profile.generator(data_seed_offset)
     hist = History()
@@ -194,8 +224,19 @@ def train(
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
     _record_speed(hist, cfg.num_steps - start, elapsed, examples_per_step, tokens_per_step, model, profile)
+    if path := os.environ.get("PTM_TRAIN_LOG"):
+        log_run(Path(path), run_name, hist, count_params(model))
     model.eval()
     return hist
+
+
+def log_run(path: Path, run_name: str | None, hist: History, n_params: int) -> None:
+    """Append one JSON line about a finished `train` call to `path` (set `PTM_TRAIN_LOG` to collect a chapter's
+    training runs: `ptm gpu-check` sums their steps, time and throughput per chapter)."""
+    row = {"run": run_name, "params": n_params, "steps": hist.steps_run, "wall_s": round(hist.wall_s, 3),
+           "examples_per_s": hist.examples_per_s, "tokens_per_s": hist.tokens_per_s, "mfu": hist.mfu}
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 def fit(

@@ -207,3 +207,77 @@ def test_code_digest_ignores_the_book_tooling_and_sees_a_changed_loss(tmp_path, 
     loss = pkg / "objectives" / "denoising.py"  # editing a loss changes them
     loss.write_text(loss.read_text().replace("ignore_index=IGNORE", "ignore_index=IGNORE, label_smoothing=0.1", 1))
     assert train_module.source_digest() != before_digest and zoo.key(spec) != before_key
+
+
+def test_weight_decay_reaches_matrices_only():
+    """AdamW's decay goes to weights and embeddings, never to biases, norm gains or an ensemble's stacked biases."""
+    from torch import nn
+
+    from ptmlib.ensemble import EnsembleTransformer
+    from ptmlib.train import make_optimizer
+
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 8), nn.LayerNorm(8), nn.Linear(8, 3))
+    opt = make_optimizer(model, TrainConfig(num_steps=1, weight_decay=0.1))
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.1 for p in g["params"]}
+    assert decayed == {id(model[0].weight), id(model[1].weight), id(model[3].weight)}
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+    ens = EnsembleTransformer(E=3, d_in=2, d_out=1, width=8, n_layer=1, n_head=2)
+    opt = make_optimizer(ens, TrainConfig(num_steps=1, weight_decay=0.1))
+    names = {id(p): n for n, p in ens.named_parameters()}
+    decayed = sorted(names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0.1 for p in g["params"])
+    assert decayed == sorted(n for n in names.values() if n.endswith("weight") and ".ln" not in n and "ln_f" not in n)
+
+
+def test_decay_follows_adamw_on_a_bias_free_step():
+    """One AdamW step with lr=0.1, wd=0.5 and a zero gradient: matrices shrink by lr * wd, biases do not move."""
+    from torch import nn
+
+    from ptmlib.train import make_optimizer
+
+    lin = nn.Linear(3, 2)
+    w0, b0 = lin.weight.detach().clone(), lin.bias.detach().clone()
+    opt = make_optimizer(lin, TrainConfig(num_steps=1, lr=0.1, weight_decay=0.5))
+    lin.weight.grad, lin.bias.grad = torch.zeros_like(lin.weight), torch.zeros_like(lin.bias)
+    opt.step()
+    assert torch.allclose(lin.weight, w0 * (1 - 0.1 * 0.5))
+    assert torch.equal(lin.bias, b0)
+
+
+def test_no_decay_keeps_a_single_group_and_the_old_parameter_order():
+    """With weight_decay = 0 (every chapter) the optimizer is exactly the one before groups existed."""
+    from torch import nn
+
+    from ptmlib.train import make_optimizer
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 1))
+    opt = make_optimizer(model, TrainConfig(num_steps=1))
+    assert len(opt.param_groups) == 1
+    assert [id(p) for p in opt.param_groups[0]["params"]] == [id(p) for p in model.parameters()]
+    assert not opt.defaults.get("fused")  # CPU tensors: no fused kernel
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fused AdamW needs CUDA")
+def test_fused_adamw_on_cuda():
+    from torch import nn
+
+    from ptmlib.train import make_optimizer
+
+    opt = make_optimizer(nn.Linear(3, 2).cuda(), TrainConfig(num_steps=1))
+    assert opt.defaults["fused"] is True
+
+
+def test_train_log_gets_one_line_per_run(tmp_path, monkeypatch):
+    import json
+
+    from ptmlib.profiles import resolve_profile
+
+    monkeypatch.setenv("PTM_TRAIN_LOG", str(tmp_path / "train.jsonl"))
+    P = resolve_profile("smoke")
+    model = torch.nn.Linear(2, 1)
+    for steps in (3, 5):
+        train(model, lambda g: torch.randn(4, 2, generator=g), lambda m, x: m(x).pow(2).mean(),
+              TrainConfig(num_steps=steps), P, examples_per_step=4)
+    rows = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    assert [r["steps"] for r in rows] == [3, 5] and all(r["params"] == 3 for r in rows)
+    assert all(r["examples_per_s"] > 0 and r["mfu"] is None for r in rows)  # no MFU without CUDA

@@ -74,9 +74,22 @@ def _parser() -> _Parser:
     student = sub.add_parser("student", help="write student notebooks: no solutions, no outputs")
     student.add_argument("chapters", nargs="*")
     student.add_argument("--out", type=Path, default=Path("_build/student"))
-    bench = sub.add_parser("bench", help="smoke wall time per chapter and the training loop's overhead")
+    bench = sub.add_parser("bench", help="wall time per chapter (smoke: and the training loop's overhead; full: peak "
+                                         "memory and MFU too, and the trainer benchmarks)")
     bench.add_argument("chapters", nargs="*")
+    bench.add_argument("--profile", default="smoke", choices=["smoke", "full"])
     bench.add_argument("--skip-chapters", action="store_true")
+    bench.add_argument("--out", type=Path, default=Path("_build/bench-full"), help="full: where results go")
+    gpu = sub.add_parser("gpu-check", help="every chapter at full as converted scripts (timings, memory, MFU, claims) "
+                                           "plus the trainer benchmarks, into one folder that `ptm record` takes")
+    gpu.add_argument("chapters", nargs="*", metavar="ID", help="default: every chapter")
+    gpu.add_argument("--out", type=Path, default=Path("_build/gpu-check"))
+    gpu.add_argument("-j", "--jobs", type=int, default=1, help="chapters at once on the GPU")
+    gpu.add_argument("--budget", type=float, default=1.0)
+    gpu.add_argument("--deadline", type=float, default=5400.0, help="seconds; chapters still running then are stopped")
+    gpu.add_argument("--pack-only", action="store_true",
+                     help="only write the scripts (OUT/scripts), to run elsewhere: python -m ptmlib.book.gpu run")
+    gpu.add_argument("--skip-bench", action="store_true", help="no trainer benchmarks")
     lab = sub.add_parser("lab", help="JupyterLab at the repository root, chapters open as notebooks")
     lab.add_argument("--port", type=int, default=None, help="default: Jupyter's, 8888 (or the next free one)")
     lab.add_argument("--ip", default=None, help="address to listen on (default: localhost)")
@@ -183,10 +196,42 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "bench":
         from ptmlib.book.bench import run_benchmarks
 
-        return run_benchmarks(root, [] if args.skip_chapters else check_ids(args.chapters))
+        chosen = [] if args.skip_chapters else check_ids(args.chapters)
+        if args.profile == "full":
+            return _gpu_check(root, chosen, args.out, jobs=1, budget=1.0, deadline=5400.0, pack_only=False, bench=True)
+        return run_benchmarks(root, chosen)
+    if args.cmd == "gpu-check":
+        return _gpu_check(root, check_ids(args.chapters), args.out, args.jobs, args.budget, args.deadline,
+                          args.pack_only, bench=not args.skip_bench)
     if args.cmd == "lab":
         return _lab(root, args.port, args.ip, not args.no_browser)
     raise UsageError(f"unknown command {args.cmd!r}")  # pragma: no cover
+
+
+def _gpu_check(root: Path, chapters: list[str], out: Path, jobs: int, budget: float, deadline: float,
+               pack_only: bool, bench: bool) -> int:
+    """`ptm gpu-check` / `ptm bench --profile full`: pack the chapters as scripts, run the trainer benchmarks,
+    then the chapters at full (see ptmlib.book.gpu)."""
+    import json
+
+    from ptmlib.book import gpu
+
+    if jobs < 1 or budget <= 0 or deadline <= 0:
+        raise UsageError("--jobs, --budget and --deadline must be positive")
+    scripts = out / "scripts"
+    gpu.pack(root, chapters, scripts)
+    print(f"packed {len(chapters)} chapter(s) as scripts in {scripts}")
+    if pack_only:
+        print(f"run them where the GPU is: PYTHONPATH=<repo> python -m ptmlib.book.gpu run {scripts} --out <dir> -j N")
+        return 0
+    if bench:
+        from ptmlib.book.bench import trainer_benchmarks
+
+        (out / "trainer.json").write_text(json.dumps(trainer_benchmarks("full"), indent=1) + "\n")
+    rows = gpu.run(scripts, out, chapters, budget=budget, jobs=jobs, deadline_s=deadline, root=root) if chapters else []
+    print(f"{sum(r.ok for r in rows)} of {len(rows)} chapters passed at full; record them with: "
+          f"ptm record {out} --card \"<GPU name>\"")
+    return 0 if all(r.ok for r in rows) else 1
 
 
 def _lab(root: Path, port: int | None, ip: str | None, browser: bool) -> NoReturn:

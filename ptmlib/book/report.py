@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import json
 import math
 import re
 from pathlib import Path
@@ -115,7 +116,7 @@ def record(root: Path, run_dir: Path, card: str, date: str | None = None) -> lis
     dt.date.fromisoformat(date)  # ValueError on a malformed date
     if not card.strip():
         raise ValueError("card must name the GPU the run used")
-    new = [dict(row, card=card, date=date) for path in sorted(Path(run_dir).glob("**/*.json"))
+    new = [dict(row, card=card, date=date) for path in sorted(Path(run_dir).glob("**/*.claims.json"))
            for row in load_claims(path)]
     if not new:
         raise ValueError(f"no claims files under {run_dir}")
@@ -126,7 +127,31 @@ def record(root: Path, run_dir: Path, card: str, date: str | None = None) -> lis
     path = root / RECORDED
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(RECORDED_HEADER + yaml.safe_dump(rows, sort_keys=False, allow_unicode=True))
+    record_gpu_times(root, Path(run_dir), card, date)
     return new
+
+
+def record_gpu_times(root: Path, run_dir: Path, card: str, date: str) -> list[str]:
+    """With a `ptm gpu-check` folder (its `summary.json`), store each chapter that ran to its scorecard at
+    full in `results/bench.json`, with how it ran (chapters at once, peak memory). Returns the chapters."""
+    from ptmlib.book.bench import record_time
+
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        return []
+    summary = json.loads(path.read_text())
+    jobs, budget = summary.get("jobs", 1), summary.get("params", {}).get("budget", 1.0)
+    if summary.get("params", {}).get("profile") != "full":
+        return []
+    done = []
+    for row in summary["chapters"]:
+        if row["status"] in ("ok", "claims failed"):
+            mem = f", peak {row['peak_mem_gb']} GiB" if row.get("peak_mem_gb") is not None else ""
+            how = (f"ptm gpu-check, {'alone' if jobs == 1 else f'{jobs} chapters at once on one GPU'}"
+                   f"{'' if budget == 1 else f', budget {budget:g}'}{mem}")
+            record_time(root, row["chapter"], "full", row["wall_s"], how, machine_name=card, date=date)
+            done.append(row["chapter"])
+    return done
 
 
 def gather(root: Path) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
