@@ -154,9 +154,11 @@ def token_stream(split: str, vocab_size: int = 1024) -> torch.Tensor:
 
 
 def random_chunks(stream: torch.Tensor, batch: int, length: int, gen: torch.Generator) -> torch.Tensor:
-    """`batch` windows of `length` consecutive tokens at uniformly random offsets: (batch, length)."""
-    starts = torch.randint(0, len(stream) - length + 1, (batch,), generator=gen)
-    return stream[starts[:, None] + torch.arange(length)]
+    """`batch` windows of `length` consecutive tokens at uniformly random offsets: (batch, length), on the
+    generator's device (offsets are drawn there; the stream may stay on the CPU)."""
+    starts = torch.randint(0, len(stream) - length + 1, (batch,), generator=gen, device=gen.device)
+    rows = starts[:, None] + torch.arange(length, device=gen.device)  # (batch, length) positions
+    return stream[rows.to(stream.device)].to(gen.device)
 
 
 def module_stream(module: str, split: str, vocab_size: int = 1024) -> torch.Tensor:

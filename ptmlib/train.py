@@ -160,11 +160,13 @@ def train(
     run_name: str | None = None,
     progress: bool | None = None,
     data_seed_offset: int = 1000,
+    data_device: str | torch.device | None = None,
 ) -> History:
     """Train `model` in place for `cfg.num_steps` steps and return its `History`.
 
     Batches come from `batch_fn(gen)` with `gen = profile.generator(data_seed_offset)`, so the data
-    stream is fixed by the seed. With `run_name` set and the full profile (or `cfg.checkpoint_every`
+    stream is fixed by the seed; the generator lives on the profile's device (data is drawn where the model
+    runs) unless `data_device` says otherwise (`"cpu"` for data only the CPU can generate). With `run_name` set and the full profile (or `cfg.checkpoint_every`
     > 0), checkpoints go to the cache keyed by the run name, config, seed and parameter shapes; a rerun
     resumes from the latest one, and a finished run is loaded instead of retrained.
     `progress=None` shows a bar for the full profile only; `PTM_PROGRESS=0/1` overrides.
@@ -173,7 +175,7 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, cfg))
-    gen = profile.generator(data_seed_offset)
+    gen = profile.generator(data_seed_offset, device=data_device)
     hist = History()
     evals = dict(evals or {})
 

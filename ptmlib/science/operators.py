@@ -85,7 +85,7 @@ class SpectralConv1d(nn.Module):
         self.weight = nn.Parameter(scale * torch.randn(modes, width, width, 2))
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
-        vh = torch.fft.rfft(v)  # (B, C, n // 2 + 1)
+        vh = torch.fft.rfft(v.float())  # (B, C, n // 2 + 1); FFTs run in float32 (no bf16 FFT under autocast)
         w = torch.view_as_complex(self.weight)
         out = torch.zeros_like(vh)
         out[..., :self.modes] = torch.einsum("bim,mio->bom", vh[..., :self.modes], w)

@@ -410,7 +410,7 @@ def pretrain(model: PatchMixer, cfg: TrainConfig, profile: Profile, *, batch: in
         return x.to(dev), f.to(dev)
 
     return train(model, batch_fn, lambda m, b: forecast_loss(m, *b, aux_weight=aux_weight), cfg, profile,
-                 examples_per_step=batch, progress=False, data_seed_offset=data_seed_offset)
+                 examples_per_step=batch, progress=False, data_seed_offset=data_seed_offset, data_device="cpu")
 
 
 def fine_tune(model: PatchMixer, series: Series, end: int, cfg: TrainConfig, profile: Profile, *,
