@@ -55,7 +55,7 @@ class Profile:
         return self.device.type == "cuda"
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """Mixed precision on CUDA (bf16), a no-op on CPU."""
+        """bf16 autocast on CUDA (and for `full` on a CPU with `PTM_CPU_BF16=1`), else a no-op."""
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
@@ -125,12 +125,18 @@ def resolve_profile(
     return Profile(
         name=run,
         device=device,
-        autocast_dtype=torch.bfloat16 if device.type == "cuda" else None,
+        autocast_dtype=torch.bfloat16 if device.type == "cuda" or (run == "full" and cpu_bf16()) else None,
         num_threads=threads,
         seed=seed,
         budget=float(budget),
         knobs=values,
     )
+
+
+def cpu_bf16() -> bool:
+    """`PTM_CPU_BF16=1`: the full profile on a CPU runs under bf16 autocast as it would on a GPU (PyTorch's CPU
+    autocast), so bf16-only failures show without a GPU (the full-at-tiny-budget test sets it)."""
+    return os.environ.get("PTM_CPU_BF16") == "1"
 
 
 def _check_type(key: str, value: Any, default: Any) -> Any:

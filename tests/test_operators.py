@@ -70,3 +70,17 @@ def test_fno_starts_at_the_identity_and_learns_the_heat_operator():
     assert trained < 0.5 * copy  # it learned the decay, not just the copy
     with torch.no_grad():  # and the lead time matters: asking for a longer lead changes the answer
         assert not torch.allclose(model(x[:4], torch.full((4,), 0.1)), model(x[:4], torch.full((4,), 0.3)), atol=1e-3)
+
+
+def test_fno_trains_under_bf16_autocast():
+    """The full profile runs under bf16 autocast; FFTs have no bf16 kernel (CPU or CUDA), so the spectral layer
+    computes them in float32 (this failed on an H200 before: 'Unsupported dtype BFloat16')."""
+    from ptmlib.science.operators import FNO1d
+
+    torch.manual_seed(0)
+    model = FNO1d(width=8, modes=4, layers=2)
+    u = torch.randn(3, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(u, torch.rand(3))
+    out.float().pow(2).mean().backward()
+    assert out.shape == (3, 32) and all(p.grad is not None for p in model.parameters())

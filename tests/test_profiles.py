@@ -91,3 +91,17 @@ def test_generator_device_override_keeps_the_seed(smoke):
     gen = smoke.generator(3, device="cpu")
     assert gen.device.type == "cpu" and gen.initial_seed() == smoke.seed + 3
     assert torch.equal(torch.randn(3, generator=gen), torch.randn(3, generator=smoke.generator(3)))
+
+
+def test_cpu_bf16_switch_gives_the_full_profile_gpu_precision_on_a_cpu(monkeypatch):
+    import torch
+
+    from ptmlib.profiles import resolve_profile
+
+    assert resolve_profile("full", cuda_available=False).autocast_dtype is None
+    monkeypatch.setenv("PTM_CPU_BF16", "1")
+    full = resolve_profile("full", cuda_available=False)
+    assert full.device.type == "cpu" and full.autocast_dtype == torch.bfloat16
+    with full.autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    assert resolve_profile("smoke").autocast_dtype is None  # smoke stays float32, bit-for-bit

@@ -90,3 +90,13 @@ def test_encode_padded_truncates_and_pads():
     ids = tx.encode_padded(["def f(): pass", ""], 5)
     assert ids.shape == (2, 5) and (ids[1] == tx.PAD).all()
     assert ids[0].tolist() == tx.tokenizer().encode("def f(): pass").ids[:5] + [tx.PAD] * max(0, 5 - len(tx.tokenizer().encode("def f(): pass").ids))
+
+
+def test_random_chunks_start_where_the_generator_says_and_live_on_its_device():
+    stream = torch.arange(1000)
+    chunks = text.random_chunks(stream, 5, 7, torch.Generator().manual_seed(3))
+    starts = torch.randint(0, 1000 - 7 + 1, (5,), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(chunks, starts[:, None] + torch.arange(7))  # stream[i] = i: each row is its window
+    if torch.cuda.is_available():  # a CUDA generator (the full profile's) with the stream left on the CPU
+        gpu = text.random_chunks(stream, 5, 7, torch.Generator("cuda").manual_seed(3))
+        assert gpu.device.type == "cuda" and torch.equal(gpu.cpu() - gpu.cpu()[:, :1], torch.arange(7).expand(5, 7))

@@ -281,3 +281,20 @@ def test_train_log_gets_one_line_per_run(tmp_path, monkeypatch):
     rows = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
     assert [r["steps"] for r in rows] == [3, 5] and all(r["params"] == 3 for r in rows)
     assert all(r["examples_per_s"] > 0 and r["mfu"] is None for r in rows)  # no MFU without CUDA
+
+
+def test_data_device_puts_the_generator_where_the_data_is_made():
+    """A batch_fn sees a generator on the profile's device, or on `data_device` when given (CPU-only data)."""
+    from ptmlib.profiles import resolve_profile
+
+    P = resolve_profile("smoke")
+    seen = []
+
+    def batch_fn(gen):
+        seen.append(gen.device.type)
+        return torch.randn(4, 2, generator=gen)
+
+    for data_device in (None, "cpu"):
+        train(torch.nn.Linear(2, 1), batch_fn, lambda m, x: m(x).pow(2).mean(), TrainConfig(num_steps=2), P,
+              examples_per_step=4, data_device=data_device)
+    assert seen == ["cpu"] * 4
