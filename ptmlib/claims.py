@@ -197,6 +197,8 @@ class Scorecard:
             env = os.environ.get("PTM_CLAIMS_OUT")
             path = Path(env) if env else claims_dir() / self.profile.name / f"{self.chapter}.json"
         path = Path(path)
+        if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 records the claims
+            return path
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps([asdict(c) for c in self.claims], indent=1) + "\n")
         return path

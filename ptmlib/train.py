@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -170,7 +170,12 @@ def train(
     > 0), checkpoints go to the cache keyed by the run name, config, seed and parameter shapes; a rerun
     resumes from the latest one, and a finished run is loaded instead of retrained.
     `progress=None` shows a bar for the full profile only; `PTM_PROGRESS=0/1` overrides.
+
+    Launched by `torchrun` (WORLD_SIZE > 1) it trains data-parallel: the model is wrapped in DDP, every rank
+    draws the same global batch and keeps its 1/world slice (`shard`), gradients are averaged, so the run
+    matches one process with the same global batch; only rank 0 shows progress, saves checkpoints and logs.
     """
+    rank, world = distributed()
     model.to(profile.device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(model, cfg)
@@ -179,7 +184,7 @@ def train(
     hist = History()
     evals = dict(evals or {})
 
-    folder = _checkpoint_folder(model, cfg, profile, run_name, (batch_fn, loss_fn))
+    folder = _checkpoint_folder(model, cfg, profile, run_name, (batch_fn, loss_fn)) if rank == 0 else None
     every = cfg.checkpoint_every or max(1, cfg.num_steps // 10)
     start = 0
     if folder is not None and (ckpt := load_checkpoint(folder, model)) is not None:
@@ -190,13 +195,17 @@ def train(
             return hist
 
     fwd = torch.compile(model) if cfg.compile and profile.is_cuda else model
-    show = _progress_enabled(progress, profile)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        fwd = DistributedDataParallel(fwd, device_ids=[profile.device.index or 0] if profile.is_cuda else None)
+    show = _progress_enabled(progress, profile) and rank == 0
     bar = tqdm(total=cfg.num_steps, initial=start, disable=not show, desc=run_name or "train", leave=True)
     running = torch.zeros((), device=profile.device)
     window = 0
     t0 = time.perf_counter()
     for step in range(start, cfg.num_steps):
-        batch = batch_fn(gen)
+        batch = batch_fn(gen) if world == 1 else shard(batch_fn(gen), rank, world)
         with profile.autocast() if cfg.autocast else contextlib.nullcontext():
             loss = loss_fn(fwd, batch)
         opt.zero_grad(set_to_none=True)
@@ -211,6 +220,9 @@ def train(
         last = step == cfg.num_steps - 1
         if (step + 1) % cfg.log_every == 0 or last:
             hist.step.append(step + 1)
+            if world > 1:  # the global batch's mean loss: the mean of the ranks' shard means
+                torch.distributed.all_reduce(running)
+                running /= world
             hist.loss.append(running.item() / window)
             hist.lr.append(opt.param_groups[0]["lr"])
             bar.set_postfix(loss=f"{hist.loss[-1]:.4f}")
@@ -226,7 +238,7 @@ def train(
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
     _record_speed(hist, cfg.num_steps - start, elapsed, examples_per_step, tokens_per_step, model, profile)
-    if path := os.environ.get("PTM_TRAIN_LOG"):
+    if (path := os.environ.get("PTM_TRAIN_LOG")) and rank == 0:
         log_run(Path(path), run_name, hist, count_params(model))
     model.eval()
     return hist
@@ -296,6 +308,38 @@ def _record_speed(hist: History, steps: int, elapsed: float, examples: int, toke
         peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
         n_params = count_params(model)
         hist.mfu = 6 * n_params * hist.tokens_per_s / peak if peak else None
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size): under `torchrun` (WORLD_SIZE > 1) the process group is set up on first use (NCCL on
+    CUDA, with this process on GPU LOCAL_RANK; gloo on CPU); (0, 1) in a plain process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def shard(batch: Any, rank: int, world: int) -> Any:
+    """Rank `rank`'s slice of a global batch: every tensor split along dim 0 into `world` equal parts (also
+    inside tuples, lists, dicts and dataclasses). ValueError when the batch does not divide evenly."""
+    if isinstance(batch, torch.Tensor):
+        if len(batch) % world:
+            raise ValueError(f"a global batch of {len(batch)} does not split over {world} ranks")
+        n = len(batch) // world
+        return batch[rank * n:(rank + 1) * n]
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(shard(b, rank, world) for b in batch)
+    if isinstance(batch, dict):
+        return {k: shard(v, rank, world) for k, v in batch.items()}
+    if is_dataclass(batch):
+        return replace(batch, **{f.name: shard(getattr(batch, f.name), rank, world) for f in fields(batch)})
+    return batch  # a scalar or a flag: the same on every rank
 
 
 def _progress_enabled(progress: bool | None, profile: Profile) -> bool:
