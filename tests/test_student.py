@@ -11,7 +11,7 @@ from ptmlib.book.student import student_notebook, write_student
 
 def _solution_lines(source: str) -> list[str]:
     """Lines found only in a chapter's solution admonitions (prose and code), not elsewhere in it."""
-    pattern = re.compile(r"^:::\{admonition\} Solution.*?^:::[ \t]*$", re.DOTALL | re.MULTILINE)
+    pattern = re.compile(r"^:::\{admonition\} (?:Solution|Answers).*?^:::[ \t]*$", re.DOTALL | re.MULTILINE)
     rest = pattern.sub("", source)
     return [line.strip() for b in pattern.findall(source) for line in b.splitlines()[2:-1]
             if len(line.strip()) > 20 and line.strip() not in rest]

@@ -59,6 +59,18 @@ def _parser() -> _Parser:
     cal.add_argument("--seeds", default="0-9", help="e.g. 0-9 (default) or 0,3,5")
     cal.add_argument("-j", "--jobs", type=int, default=None, help="runs at once (default: one per core)")
     cal.add_argument("--no-controls", action="store_true", help="seeds only")
+    cal.add_argument("--from", dest="from_dir", type=Path, default=None, metavar="OUT",
+                     help="run nothing: merge what `ptm sweep --out OUT` wrote into the calibration records")
+    sw = sub.add_parser("sweep", help="chapters x seeds x profiles as tasks on Ray (local by default, or a cluster), "
+                                      "into one folder that ptm calibrate --from and ptm record read")
+    sw.add_argument("chapters", nargs="*", metavar="ID")
+    sw.add_argument("--all", action="store_true", help="every chapter, in book order")
+    sw.add_argument("--seeds", default="0-9", help="e.g. 0-9 (default) or 0,3,5")
+    sw.add_argument("--profiles", default="smoke", help="smoke, full or smoke,full")
+    sw.add_argument("--controls", action="store_true", help="also each declared control (seed 0)")
+    sw.add_argument("--address", default=None, help="a running Ray cluster (default: start a local one)")
+    sw.add_argument("-j", "--jobs", type=int, default=None, help="local Ray: CPUs to use (default: all)")
+    sw.add_argument("--out", type=Path, default=Path("_build/sweep"))
     bless = sub.add_parser("bless", help="re-execute chapters at smoke and store their golden notebooks")
     bless.add_argument("chapters", nargs="*")
     sub.add_parser("report", help="write the reproduction report page (report.md)")
@@ -150,6 +162,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "calibrate":
         from ptmlib.book.calibrate import calibrate, parse_seeds
 
+        if args.from_dir is not None:
+            from ptmlib.book.sweep import merge_into_calibration
+
+            if not args.from_dir.is_dir():
+                raise UsageError(f"no sweep folder {args.from_dir}")
+            merged = merge_into_calibration(root, args.from_dir)
+            print(f"merged the sweep's runs of {len(merged)} chapter(s) into results/calibration/: {', '.join(merged)}")
+            return 0
         if args.all == bool(args.chapters):
             raise UsageError("give chapter ids or --all (one of them)")
         chosen = ids if args.all else check_ids(args.chapters)
@@ -162,6 +182,26 @@ def _dispatch(args: argparse.Namespace) -> int:
         for c, s in bad:
             print(f"  not ok: {c} {'seed ' + s if s.isdigit() else 'control ' + s}")
         return 1 if bad else 0
+    if args.cmd == "sweep":
+        from ptmlib.book.calibrate import parse_seeds
+        from ptmlib.book.sweep import sweep
+
+        if args.all == bool(args.chapters):
+            raise UsageError("give chapter ids or --all (one of them)")
+        profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
+        if not profiles or set(profiles) - {"smoke", "full"}:
+            raise UsageError(f"--profiles takes smoke, full or smoke,full; got {args.profiles!r}")
+        if args.jobs is not None and args.jobs < 1:
+            raise UsageError("--jobs must be at least 1")
+        try:
+            results = sweep(root, ids if args.all else check_ids(args.chapters), parse_seeds(args.seeds), profiles,
+                            args.out, controls=args.controls, address=args.address, num_cpus=args.jobs)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+        failed = [t for t, e in results.items() if not e.get("claims")]
+        for t in failed:
+            print(f"  failed: {t}: {results[t].get('error')}")
+        return 1 if failed else 0
     if args.cmd == "bless":
         status = 0
         for c in check_ids(args.chapters):

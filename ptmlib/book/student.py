@@ -1,7 +1,7 @@
 """Student notebooks: each chapter as a plain `.ipynb` without its worked solutions.
 
-A solution is a MyST admonition whose title starts with "Solution" (rendered as a closed dropdown in
-the book) or any cell tagged `solution`. `student_notebook` drops them, clears outputs and execution
+A solution is a MyST admonition whose title starts with "Solution" or "Answers" (the worked exercises and
+the answers to the check questions, rendered as closed dropdowns in the book) or any cell tagged `solution`. `student_notebook` drops them, clears outputs and execution
 counts, and puts a header cell in front naming the chapter and how to run it.
 """
 from __future__ import annotations
@@ -14,10 +14,11 @@ from ptmlib.book import runner as book
 
 # ":::{admonition} Solution ..." up to the first line that is only ":::" (code fences inside are kept
 # whole: they never contain such a line)
-SOLUTION = re.compile(r"^:::\{admonition\} Solution.*?^:::[ \t]*$\n?", re.DOTALL | re.MULTILINE)
+SOLUTION = re.compile(r"^:::\{admonition\} (?:Solution|Answers).*?^:::[ \t]*$\n?", re.DOTALL | re.MULTILINE)
 HEADER = """# Student notebook: {title}
 
-Chapter `{chapter}` of *an executable curriculum on pretrained models*, without its worked solutions.
+Chapter `{chapter}` of *an executable curriculum on pretrained models*, without its worked solutions and
+the answers to its check questions.
 Run it top to bottom: the first code cell holds the parameters (`profile="smoke"` runs on a laptop CPU in
 about a minute, `profile="full"` is meant for one GPU). Every experiment ends with claims; a failing
 claim stops the notebook. The exercises at the end are yours; the book has the solutions.
