@@ -4,6 +4,8 @@
 Before use its weight file is checked against a pinned SHA-256, so a corrupted or substituted file
 fails loudly instead of silently changing every number downstream. `embed` reproduces the model's
 sentence-transformers recipe: mean of the last hidden states over real tokens, L2-normalised.
+`random_init` is the same architecture with fresh random weights: the control that removes pretraining
+from the text encoder, used by every chapter that asks what MiniLM's pretraining contributes.
 """
 from __future__ import annotations
 
@@ -54,18 +56,28 @@ def model_and_tokenizer(device: str = "cpu") -> tuple[torch.nn.Module, object]:
     return model, tok
 
 
+def random_init(seed: int, device: str | torch.device = "cpu") -> nn.Module:
+    """MiniLM's architecture (the packaged model's config) with fresh random weights, initialised as the
+    config prescribes from `seed`, in eval mode on `device`: the no-pretraining control of the text
+    encoder (pass it as `embed(..., model=...)`). The caller's random state is left untouched."""
+    config = copy.deepcopy(model_and_tokenizer("cpu")[0].config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModel.from_config(config)
+    return model.to(device).eval()
 
 
 def embed(texts: list[str], batch: int = 64, max_length: int = 128, device: str = "cpu",
           model: torch.nn.Module | None = None) -> torch.Tensor:
-    """Sentence embeddings (N, 384), L2-normalised, as sentence-transformers computes them; `model`
-    replaces the packaged encoder (e.g. a compressed copy of it)."""
+    """Sentence embeddings (N, 384), L2-normalised, as sentence-transformers computes them, on the CPU. The packaged
+    encoder runs on `device`; a given `model` (e.g. a compressed copy of it) runs where its weights are."""
     packaged, tok = model_and_tokenizer(device)
     model = packaged if model is None else model
+    where = next(model.parameters()).device
     out = []
     with torch.no_grad():
         for i in range(0, len(texts), batch):
-            enc = tok(texts[i:i + batch], padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
+            enc = tok(texts[i:i + batch], padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(where)
             hidden = model(**enc).last_hidden_state
             out.append(F.normalize(mean_pool(hidden, enc["attention_mask"]), dim=-1).cpu())
     return torch.cat(out)

@@ -72,3 +72,26 @@ def test_last_ffn_on_cached_inputs_reproduces_the_embedding_and_can_be_adapted()
     adapters.inject(tail, ["dense"], lambda n, lin: adapters.LoRALinear(lin, r=4))
     assert torch.allclose(F.normalize(tail(inner, attn, mask), dim=-1), got, atol=1e-6)  # LoRA starts at zero
     assert sum(p.numel() for p in tail.parameters() if p.requires_grad) == 4 * (1536 + 384)
+
+
+def test_random_init_is_minilm_untrained_and_seeded():
+    packaged, _ = minilm.model_and_tokenizer()
+    state = torch.get_rng_state()
+    a, b, c = minilm.random_init(0), minilm.random_init(0), minilm.random_init(1)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random stream is untouched
+    assert type(a) is type(packaged) and not a.training
+    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+            "max_position_embeddings", "hidden_act", "layer_norm_eps")
+    assert {k: getattr(a.config, k) for k in keys} == {k: getattr(packaged.config, k) for k in keys}
+    assert (a.config.hidden_size, a.config.num_hidden_layers) == (384, 6)
+    shapes = lambda m: {n: tuple(p.shape) for n, p in m.named_parameters()}
+    ours, theirs = shapes(a), shapes(packaged)
+    assert {n: s for n, s in ours.items() if n in theirs} == theirs  # every pretrained weight, same shape
+    weight = "encoder.layer.0.attention.self.query.weight"
+    wa, wb, wc, wp = (dict(m.named_parameters())[weight] for m in (a, b, c, packaged))
+    assert torch.equal(wa, wb)  # same seed, same weights
+    assert not torch.allclose(wa, wc)  # another seed, other weights
+    assert not torch.allclose(wa, wp, atol=1e-2)  # not the pretrained weights
+    assert abs(float(wa.std()) - a.config.initializer_range) < 0.1 * a.config.initializer_range  # the config's init
+    texts = ["Return the sum of two numbers.", "Open a file for reading."]
+    assert not torch.allclose(minilm.embed(texts, model=a), minilm.embed(texts), atol=1e-2)

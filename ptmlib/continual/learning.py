@@ -375,13 +375,3 @@ def mixed_batches(pool_new: torch.Tensor, pool_old: torch.Tensor, batch: int, re
         return torch.cat([pool[rows(gen)] for pool, rows in parts])
 
     return draw
-
-
-def random_init(model: nn.Module, seed: int) -> nn.Module:
-    """A copy of `model` (a Hugging Face model) with the same architecture and fresh random weights, as
-    its config initialises them: the control that removes pretraining from a pretrained encoder."""
-    from transformers import AutoModel
-
-    torch.manual_seed(seed)
-    fresh = AutoModel.from_config(model.config)
-    return fresh.to(next(model.parameters()).device).eval()

@@ -6,7 +6,6 @@
   ink, no intensities) and its renderer (Gaussian splats of learned width, then a learned colouring).
 - `info_nce`, `recall_at_k`: the symmetric contrastive loss of two-tower (CLIP / Wukong) training and
   the retrieval metric it is judged by.
-- `random_minilm`: MiniLM's architecture untrained, the no-pretraining control of a frozen text encoder.
 - `BagOfTokens`: a small text model, the student of GPT4Image-style distillation (a head for its own
   labels, a projection into the teacher's embedding space).
 """
@@ -117,14 +116,3 @@ class BagOfTokens(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(ids))
-
-
-def random_minilm() -> nn.Module:
-    """MiniLM's architecture at a seeded random initialisation (no pretraining), in eval mode: pass it as
-    `minilm.embed(..., model=...)` for a text encoder that has learned nothing."""
-    from ptmlib import minilm
-
-    packaged, _ = minilm.model_and_tokenizer()
-    with torch.random.fork_rng():  # leave the caller's random state alone
-        torch.manual_seed(0)
-        return type(packaged)(packaged.config).eval()
