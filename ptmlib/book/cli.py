@@ -54,18 +54,14 @@ def _parser() -> _Parser:
                      help="run under one of the chapter's CONTROLS (every reproduction must fail); 'all': each of them")
     cal = sub.add_parser("calibrate", help="run chapters at several seeds and under their controls; record the claims "
                                             "in results/calibration/")
-    cal.add_argument("chapters", nargs="*", metavar="ID")
-    cal.add_argument("--all", action="store_true", help="every chapter, in book order")
-    cal.add_argument("--seeds", default="0-9", help="e.g. 0-9 (default) or 0,3,5")
+    _add_selection(cal)
     cal.add_argument("-j", "--jobs", type=int, default=None, help="runs at once (default: one per core)")
     cal.add_argument("--no-controls", action="store_true", help="seeds only")
     cal.add_argument("--from", dest="from_dir", type=Path, default=None, metavar="OUT",
                      help="run nothing: merge what `ptm sweep --out OUT` wrote into the calibration records")
     sw = sub.add_parser("sweep", help="chapters x seeds x profiles as tasks on Ray (local by default, or a cluster), "
                                       "into one folder that ptm calibrate --from and ptm record read")
-    sw.add_argument("chapters", nargs="*", metavar="ID")
-    sw.add_argument("--all", action="store_true", help="every chapter, in book order")
-    sw.add_argument("--seeds", default="0-9", help="e.g. 0-9 (default) or 0,3,5")
+    _add_selection(sw)
     sw.add_argument("--profiles", default="smoke", help="smoke, full or smoke,full")
     sw.add_argument("--controls", action="store_true", help="also each declared control (seed 0)")
     sw.add_argument("--address", default=None, help="a running Ray cluster (default: start a local one)")
@@ -107,6 +103,13 @@ def _parser() -> _Parser:
     lab.add_argument("--ip", default=None, help="address to listen on (default: localhost)")
     lab.add_argument("--no-browser", action="store_true", help="do not open a browser (a remote machine)")
     return p
+
+
+def _add_selection(p: argparse.ArgumentParser) -> None:
+    """Chapter ids or --all, and the seeds (calibrate, sweep)."""
+    p.add_argument("chapters", nargs="*", metavar="ID")
+    p.add_argument("--all", action="store_true", help="every chapter, in book order")
+    p.add_argument("--seeds", default="0-9", help="e.g. 0-9 (default) or 0,3,5")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
