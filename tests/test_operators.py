@@ -55,7 +55,17 @@ def test_trajectories_follow_their_family():
     assert bool((energy[:, 1:] < energy[:, :-1]).all())
 
 
-def test_fno_starts_at_the_identity_and_learns_the_heat_operator():
+def test_trajectories_take_a_coefficient_range_override():
+    right = operators.trajectories("advection", 2, g(4), [0.0, 0.25], n=64, coef=(1.0, 1.0))  # c = 1: shift by 16 points
+    left = operators.trajectories("advection", 2, g(4), [0.0, 0.25], n=64, coef=(-1.0, -1.0))
+    assert torch.equal(right[:, 0], left[:, 0])  # same initial conditions, only the speed differs
+    assert torch.allclose(right[:, 1], torch.roll(right[:, 0], 16, -1), atol=1e-5)
+    assert torch.allclose(left[:, 1], torch.roll(left[:, 0], -16, -1), atol=1e-5)
+    with pytest.raises(ValueError, match="low <= high"):
+        operators.trajectories("advection", 2, g(4), TIMES, coef=(1.2, -1.2))
+
+
+def test_fno_keeps_the_state_shape_and_learns_the_heat_operator():
     torch.manual_seed(0)
     model = operators.FNO1d(width=16, modes=8, layers=2)
     u = torch.randn(4, 32)

@@ -171,3 +171,15 @@ def test_pretraining_replicas_differ_by_their_data_seed_and_repeat_with_it():
         model = timeseries.PatchMixer(context=16, horizon=4, patch=4, width=8, blocks=1)
         losses.append(timeseries.pretrain(model, TrainConfig(3, lr=1e-3), P, pool_size=8, data_seed_offset=offset).loss)
     assert losses[0] == losses[1] and losses[0] != losses[2]  # same data seed, same run; another, other batches
+
+
+def test_one_blas_thread_limits_blas_inside_and_restores_it_after():
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    before = blas_threads()
+    with timeseries.one_blas_thread():
+        assert all(n == 1 for n in blas_threads())
+    assert blas_threads() == before

@@ -42,13 +42,15 @@ FAMILIES = {
 
 
 def trajectories(family: str, count: int, gen: torch.Generator, times: Sequence[float], n: int = 128,
-                 dt: float = 0.005) -> torch.Tensor:
+                 dt: float = 0.005, coef: tuple[float, float] | None = None) -> torch.Tensor:
     """`count` solutions of a family at `times`: (count, len(times), n), with coefficients uniform in
-    the family's range and its kind of initial condition."""
+    the family's range (or in `coef`, to widen or move it) and its kind of initial condition."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; allowed: {', '.join(FAMILIES)}")
     fam = FAMILIES[family]
-    lo, hi = fam.coef
+    lo, hi = fam.coef if coef is None else coef
+    if lo > hi:
+        raise ValueError(f"coefficient range must have low <= high, got {coef}")
     coef = lo + (hi - lo) * torch.rand(count, generator=gen, dtype=torch.float64)
     if fam.initial == "bumps":
         u0 = pde.bumps(count, n, gen)

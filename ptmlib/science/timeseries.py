@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -231,11 +231,20 @@ def drift(history: np.ndarray, horizon: int, season: int) -> np.ndarray:
     return history[-1] + slope * np.arange(1, horizon + 1)
 
 
+def one_blas_thread() -> Any:
+    """A context in which NumPy's BLAS uses one thread. statsmodels' fits multiply tiny matrices; with the
+    default thread pool on a shared CPU they run several times slower (threads wait for each other), with the
+    same result."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def arima(history: np.ndarray, horizon: int, season: int, window: int = 120) -> np.ndarray:
     """ARIMA(2, 1, 1) with drift on the last `window` points (statsmodels); no seasonal terms."""
     from statsmodels.tsa.arima.model import ARIMA
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), one_blas_thread():
         warnings.simplefilter("ignore")
         fit = ARIMA(history[-window:], order=(2, 1, 1), trend="t").fit()
     return np.asarray(fit.forecast(horizon))
@@ -247,7 +256,7 @@ def ets(history: np.ndarray, horizon: int, season: int, window: int = 120) -> np
 
     h = history[-window:]
     seasonal = "add" if season > 1 and len(h) >= 2 * season + 2 else None
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), one_blas_thread():
         warnings.simplefilter("ignore")
         fit = ExponentialSmoothing(h, trend="add", damped_trend=True, seasonal=seasonal,
                                    seasonal_periods=season if seasonal else None).fit()
