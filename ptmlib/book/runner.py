@@ -151,8 +151,20 @@ def chapter_digest(nb: Any) -> str:
         if cell.cell_type != "code" or "injected-parameters" in tags or "solution" in tags:
             continue
         tree = Strip().visit(ast.parse(cell.source))
-        h.update(ast.dump(tree).encode())
+        h.update(canonical_dump(tree).encode())
     return h.hexdigest()
+
+
+def canonical_dump(node: Any) -> str:
+    """`ast.dump` made the same on every Python from 3.11: fields that are None or empty are left out (3.13's
+    dump drops them, 3.12 added empty `type_params`), so a chapter's digest does not depend on the interpreter."""
+    if isinstance(node, ast.AST):
+        parts = [f"{f}={canonical_dump(v)}" for f in node._fields
+                 if (v := getattr(node, f, None)) is not None and not (isinstance(v, list) and not v)]
+        return f"{type(node).__name__}({','.join(parts)})"
+    if isinstance(node, list):
+        return "[" + ",".join(canonical_dump(x) for x in node) + "]"
+    return repr(node)
 
 
 def check_parameters(nb: Any, chapter: str, params: Mapping[str, Any]) -> dict[str, Any]:
