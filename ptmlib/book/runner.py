@@ -245,7 +245,8 @@ def run_chapter(root: Path, chapter: str, out_dir: Path, params: Mapping[str, An
                 env: Mapping[str, str] | None = None, progress: bool = False) -> RunResult:
     """Execute a chapter with papermill; write `out_dir/<id>.ipynb` and `out_dir/<id>.claims.json`.
 
-    Parameters are checked (`check_parameters`) before a kernel starts; `ValueError` if they are bad.
+    Parameters are checked (`check_parameters`) before a kernel starts; `ValueError` if they are bad. A control
+    run leaves out the solution cells (exercises, not part of what the control shows).
     `progress` shows papermill's bar over the chapter's cells (for long runs at `full`)."""
     import logging
 
@@ -256,6 +257,8 @@ def run_chapter(root: Path, chapter: str, out_dir: Path, params: Mapping[str, An
     nb = read_chapter(src)
     params = check_parameters(nb, chapter, params)
     control = params.get("control", "")
+    if control:  # a control run shows the reproductions failing; the exercises' solutions are not part of it
+        nb.cells = [c for c in nb.cells if "solution" not in c.metadata.get("tags", [])]
     out_nb = out_dir / f"{chapter}.ipynb"
     out_claims = out_dir / f"{chapter}.claims.json"
     out_nb.parent.mkdir(parents=True, exist_ok=True)
