@@ -115,19 +115,19 @@ def gpt_mfu(prof: Profile, size: dict[str, int], batch: int, steps: int, warmup:
 def ensemble_vs_loop(prof: Profile, members: int = 16, steps: int = 200, batch: int = 32) -> dict:
     """Runs per hour for `members` seeds of the book's tiny LM (width 64, 2 layers, context 64): trained as one
     `EnsembleTransformer` of E = members, against a Python loop over `members` one-member models."""
-    from ptmlib.ensemble import EnsembleTransformer
+    from ptmlib.lm import ensemble_lm
 
     V, T = 64, 64
     cfg = TrainConfig(num_steps=steps, lr=1e-3, log_every=steps)
 
-    def make(E: int) -> EnsembleTransformer:
-        return EnsembleTransformer(E, 0, V, 64, 2, 2, max_len=T, vocab_size=V)
+    def make(E: int) -> torch.nn.Module:
+        return ensemble_lm(E, V, width=64, n_layer=2, n_head=2, max_len=T)
 
     def batch_fn_for(E: int) -> Callable[[torch.Generator], torch.Tensor]:
         return lambda gen: torch.randint(0, V, (E, batch, T + 1), generator=gen, device=gen.device)
 
-    def loss_fn(m: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-        logits = m(ids[..., :-1], causal=True)  # (E, B, T, V)
+    def loss_fn(m: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:  # summed over members: each its own update
+        logits = m(ids[..., :-1], causal=True)  # (E, B, T, V), every position scored (no per-member loop)
         return torch.nn.functional.cross_entropy(logits.flatten(0, 2).float(), ids[..., 1:].flatten()) * ids.shape[0]
 
     def timed(E: int) -> float:
