@@ -94,7 +94,7 @@ class EnsembleTransformer(nn.Module):
         self.read_in = None if vocab_size else ELinear(E, d_in, width)
         self.pos = nn.Parameter(torch.randn(E, 1, max_len, width) * 0.01) if max_len else None
         # ALiBi (MosaicBERT's choice): no position embeddings; head h adds -slope_h * |i - j| to its scores
-        self.register_buffer("slopes", 2.0 ** (-8.0 * torch.arange(1, n_head + 1) / n_head) if alibi else None)
+        self.register_buffer("slopes", alibi_slopes(n_head) if alibi else None)
         self.blocks = nn.ModuleList(EBlock(E, width, n_head, n_layer) for _ in range(n_layer))
         self.ln_f = ELayerNorm(E, width)
         self.read_out = ELinear(E, width, d_out)
@@ -124,6 +124,14 @@ class EnsembleTransformer(nn.Module):
             x = block(x, mask, causal)
             states.append(x)
         return states
+
+
+def alibi_slopes(n_head: int) -> torch.Tensor:
+    """ALiBi's head slopes (n_head,): the geometric sequence 2^(-8h/H) of Press et al. for H >= 8 heads.
+    With fewer than 8 heads we keep the first H slopes of the 8-head sequence (1/2, 1/4, ...), the most
+    local ones: 2^(-8h/H) itself would give two heads the slopes 1/16 and 1/256, so flat on 64 tokens
+    that no head could find a token's neighbours by position."""
+    return 2.0 ** (-8.0 * torch.arange(1, n_head + 1) / max(n_head, 8))
 
 
 def alibi_mask(slopes: torch.Tensor, T: int, mask: torch.Tensor | None, causal: bool,

@@ -102,6 +102,19 @@ def test_alibi_mask_is_the_distance_penalty_plus_the_visibility_mask():
     assert m.shape == (3, 2, 4, 4) and torch.isinf(m[1, :, :, 3]).all() and torch.isfinite(m[0]).all()
 
 
+def test_alibi_slopes_follow_press_et_al_and_stay_local_for_few_heads():
+    from ptmlib.ensemble import alibi_mask, alibi_slopes
+
+    assert torch.allclose(alibi_slopes(8), torch.tensor([2.0 ** -k for k in range(1, 9)]))  # the paper's 8-head set
+    assert torch.allclose(alibi_slopes(16)[1::2], alibi_slopes(8))  # 16 heads interleave the 8-head slopes
+    assert torch.allclose(alibi_slopes(2), torch.tensor([0.5, 0.25]))  # few heads: the most local of the 8
+    weights = alibi_mask(alibi_slopes(2), 64, None, False, torch.device("cpu"))[0].softmax(-1)  # (H, T, T), q.k = 0
+    on_neighbours = weights[:, 32, 31] + weights[:, 32, 33]  # (H,): e^-s / (1 + 2 e^-s / (1 - e^-s)), twice
+    e = torch.exp(-alibi_slopes(2))
+    assert torch.allclose(on_neighbours, 2 * e / (1 + 2 * e / (1 - e)), atol=1e-3)  # 32 tokens each side ~ infinite
+    assert float(on_neighbours[0]) > 0.25  # vs 0.07 with the slopes 2^(-8h/H) = 1/16, 1/256
+
+
 def test_alibi_model_is_translation_invariant_and_has_no_positions():
     torch.manual_seed(0)
     m = EnsembleTransformer(1, 0, 7, 16, 2, 2, vocab_size=7, alibi=True)
