@@ -37,6 +37,15 @@ def test_low_rank_is_the_eckart_young_approximation_with_the_right_size():
     assert spectral.rank_for_fraction(384, 384, 1 / 3) == 64
 
 
+def test_low_rank_layers_live_where_the_original_does():
+    # the full profile compresses MiniLM on the GPU: the thin layers must follow the original's device and dtype
+    lin = linear(8, 7).double()
+    approx = spectral.low_rank(lin, 3)
+    assert all(p.dtype == torch.float64 and p.device == lin.weight.device for p in approx.parameters())
+    x = torch.randn(2, 8, dtype=torch.float64)
+    assert approx(x).shape == (2, 7)
+
+
 def test_smallest_mask_and_sara_update_live_on_the_smallest_weights():
     lin = linear(10, 10)
     mask = spectral.smallest_mask(lin.weight, 0.2)

@@ -83,8 +83,9 @@ def low_rank(base: nn.Linear, rank: int) -> nn.Sequential:
     x -> (sqrt(S) V^T) x -> (U sqrt(S)) (.) + b. Parameters: rank * (d_in + d_out) + d_out."""
     U, S, Vh = torch.linalg.svd(base.weight.detach(), full_matrices=False)
     root = S[:rank].sqrt()
-    down = nn.Linear(base.in_features, rank, bias=False)
-    up = nn.Linear(rank, base.out_features, bias=base.bias is not None)
+    where = {"device": base.weight.device, "dtype": base.weight.dtype}  # a GPU layer stays on the GPU
+    down = nn.Linear(base.in_features, rank, bias=False, **where)
+    up = nn.Linear(rank, base.out_features, bias=base.bias is not None, **where)
     with torch.no_grad():
         down.weight.copy_(root[:, None] * Vh[:rank])
         up.weight.copy_(U[:, :rank] * root)
