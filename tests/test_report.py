@@ -102,6 +102,7 @@ def test_the_repository_record_file_loads_and_every_row_is_a_full_claim_of_a_rea
 
 def test_part_label_shortens_part_captions_only():
     assert part_label("Part III. Adapting pretrained models") == "III"
+    assert part_label("Part 0. Orientation") == "0"
     assert part_label("Back matter") == "Back matter"
 
 

@@ -87,8 +87,9 @@ document.addEventListener("DOMContentLoaded", () => {{
 
 
 def part_label(caption: str) -> str:
-    """The short label of a part: "Part III. Adapting ..." -> "III"; other captions unchanged."""
-    m = re.match(r"Part ([IVXLC]+)\b", caption)
+    """The short label of a part: "Part III. Adapting ..." -> "III", "Part 0. Orientation" -> "0"; other
+    captions unchanged."""
+    m = re.match(r"Part (0|[IVXLC]+)\b", caption)
     return m.group(1) if m else caption
 
 
