@@ -47,6 +47,22 @@ def test_causal_and_prefix_lm_targets_are_the_next_tokens():
     assert torch.equal(pm.targets[:, 1:], O.prefix_lm(x, 20).targets)
 
 
+def test_subsample_scored_keeps_n_random_scored_positions_per_row():
+    x, g = ids(), torch.Generator().manual_seed(0)
+    p = O.prefix_lm(x, torch.arange(8) * 5 + 10)  # rows with 54 down to 19 scored positions
+    s = O.subsample_scored(p, 19, g)
+    assert torch.equal(s.inputs, p.inputs) and torch.equal(s.prefix, p.prefix)
+    kept = s.targets != -100
+    assert (kept.sum(1) == 19).all() and s.scored() == 8 * 19
+    assert not (kept & (p.targets == -100)).any()  # only positions that were scored
+    assert torch.equal(s.targets[kept], p.targets[kept])  # with their own targets
+    assert kept[7].sum() == (p.targets[7] != -100).sum()  # the row with exactly 19 keeps all of them
+    freq = torch.stack([O.subsample_scored(O.causal_lm(x), 21, g).targets != -100 for _ in range(300)]).float().mean(0)
+    assert (freq - 21 / 63).abs().max() < 0.1  # uniform over the 63 next-token positions
+    with pytest.raises(ValueError):
+        O.subsample_scored(p, 20, g)
+
+
 def test_mlm_masks_an_exact_fraction_with_80_10_10():
     x = ids(B=400, T=50)
     b = O.mlm(x, 0.3, V, gen())

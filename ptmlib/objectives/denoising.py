@@ -74,6 +74,18 @@ def prefix_lm(ids: torch.Tensor, split: torch.Tensor | int, mode: int | None = N
     return _with_mode(ids[:, :-1], targets, split.clone(), mode)
 
 
+def subsample_scored(batch: LMBatch, n: int, gen: torch.Generator) -> LMBatch:
+    """Keep the loss on a uniformly random n of each row's scored positions (IGNORE elsewhere): the same
+    inputs and attention with sparser supervision, e.g. a causal LM scored on as many tokens as an MLM."""
+    scored = batch.targets != IGNORE
+    if int(scored.sum(1).min()) < n:
+        raise ValueError(f"a row has fewer than {n} scored positions")
+    u = torch.rand(scored.shape, generator=gen, device=gen.device).to(scored.device)
+    keep_at = torch.where(scored, u, torch.full_like(u, -1.0)).topk(n, dim=1).indices  # (B, n)
+    keep = torch.zeros_like(scored).scatter_(1, keep_at, True)
+    return LMBatch(batch.inputs, torch.where(keep, batch.targets, torch.full_like(batch.targets, IGNORE)), batch.prefix)
+
+
 def random_split(B: int, T: int, gen: torch.Generator, low: float = 0.2, high: float = 0.8) -> torch.Tensor:
     """Prefix lengths uniform in [low*T, high*T] (inclusive), one per row."""
     return torch.randint(max(1, int(low * T)), int(high * T) + 1, (B,), generator=gen, device=gen.device)
