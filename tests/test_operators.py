@@ -94,3 +94,16 @@ def test_fno_trains_under_bf16_autocast():
         out = model(u, torch.rand(3))
     out.float().pow(2).mean().backward()
     assert out.shape == (3, 32) and all(p.grad is not None for p in model.parameters())
+
+
+def test_trajectories_take_new_initial_data_and_a_coarser_grid():
+    fine = operators.trajectories("burgers", 3, g(5), TIMES, n=64, coef=(0.005, 0.01), initial="field:4")
+    coarse = operators.trajectories("burgers", 3, g(5), TIMES, n=64, coef=(0.005, 0.01), initial="field:4", every=2)
+    assert coarse.shape == (3, len(TIMES), 32) and torch.equal(coarse, fine[..., ::2])  # same draws, every 2nd point
+    bumps = operators.trajectories("burgers", 3, g(5), TIMES, n=64, initial="bumps")
+    assert bool((bumps[:, 0] > -1e-6).all()) and bool((fine[:, 0] < -0.1).any())  # bumps are >= 0, fields are not
+    assert float(fine[:, 0].abs().amax(-1).min()) == pytest.approx(1.0)  # random fields scaled to max |u| = 1
+    with pytest.raises(ValueError, match="unknown initial condition"):
+        operators.trajectories("burgers", 2, g(5), TIMES, initial="steps")
+    with pytest.raises(ValueError, match="must divide"):
+        operators.trajectories("burgers", 2, g(5), TIMES, n=64, every=3)

@@ -42,21 +42,29 @@ FAMILIES = {
 
 
 def trajectories(family: str, count: int, gen: torch.Generator, times: Sequence[float], n: int = 128,
-                 dt: float = 0.005, coef: tuple[float, float] | None = None) -> torch.Tensor:
-    """`count` solutions of a family at `times`: (count, len(times), n), with coefficients uniform in
-    the family's range (or in `coef`, to widen or move it) and its kind of initial condition."""
+                 dt: float = 0.005, coef: tuple[float, float] | None = None, initial: str | None = None,
+                 every: int = 1) -> torch.Tensor:
+    """`count` solutions of a family at `times`: (count, len(times), n // every), with coefficients uniform in
+    the family's range (or in `coef`, to widen or move it) and its kind of initial condition (or `initial`,
+    "bumps" | "field:<modes>", to give the equation new initial data). The solver runs on n points; `every`
+    keeps every `every`-th of them (solve fine, learn on a coarser grid)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; allowed: {', '.join(FAMILIES)}")
     fam = FAMILIES[family]
     lo, hi = fam.coef if coef is None else coef
     if lo > hi:
         raise ValueError(f"coefficient range must have low <= high, got {coef}")
+    if n % every:
+        raise ValueError(f"every={every} must divide the grid size n={n}")
+    kind = fam.initial if initial is None else initial
+    if kind != "bumps" and not kind.startswith("field:"):
+        raise ValueError(f"unknown initial condition {kind!r}; allowed: bumps, field:<modes>")
     coef = lo + (hi - lo) * torch.rand(count, generator=gen, dtype=torch.float64)
-    if fam.initial == "bumps":
+    if kind == "bumps":
         u0 = pde.bumps(count, n, gen)
     else:
-        u0 = pde.random_field(count, n, gen, modes=int(fam.initial.split(":")[1]))
-    return pde.solve(fam.equation, u0, coef, times, dt)
+        u0 = pde.random_field(count, n, gen, modes=int(kind.split(":")[1]))
+    return pde.solve(fam.equation, u0, coef, times, dt)[..., ::every].contiguous()
 
 
 def all_pairs(traj: torch.Tensor, times: Sequence[float], leads: Sequence[float] | None = None
