@@ -24,6 +24,7 @@ SOLUTION = re.compile(r"^:::\{admonition\} Solution to exercise (\d+)\b.*?\n:cla
                       re.S | re.M)
 # the syllabus's names for the chapters, in its "suggested exercises" column
 SYLLABUS_NAMES = {
+    "why pretrain": "orientation/why_pretrain", "what transfers": "orientation/what_transfers",
     "linear regression": "icl/linear_regression", "task diversity": "icl/task_diversity", "PFN": "icl/pfn",
     "pretraining theory": "icl/pretraining_theory", "denoising": "objectives/denoising_objectives",
     "replaced tokens": "objectives/replaced_token_detection", "scaling": "objectives/scaling_and_schedules",
