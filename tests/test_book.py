@@ -28,11 +28,11 @@ def run_ptm(args, root, capsys, monkeypatch):
 def test_ptm_list_prints_chapter_ids_in_book_order(root, capsys, monkeypatch):
     code, out, _ = run_ptm(["list"], root, capsys, monkeypatch)
     assert code == 0 and out.splitlines() == book.chapter_ids(root)
-    assert out.splitlines()[0] == "icl/linear_regression"
+    assert out.splitlines()[0] == "orientation/why_pretrain"
 
 
 @pytest.mark.parametrize("args,message", [
-    (["run", "icl/nope"], "unknown chapter 'icl/nope'; known: icl/linear_regression"),
+    (["run", "icl/nope"], "unknown chapter 'icl/nope'; known: orientation/why_pretrain"),
     (["run", "icl/linear_regression", "--profile", "fast"], "unknown profile 'fast'; allowed: smoke, full, auto"),
     (["run", "icl/linear_regression", "-p", "gpt_steps"], "malformed -p 'gpt_steps'"),
     (["run", "icl/linear_regression", "-p", "depth=3"], "unknown parameter 'depth' for icl/linear_regression"),
