@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+from scipy.stats import kendalltau
 import torch.nn.functional as F
 from torch import nn
 
@@ -194,14 +195,10 @@ def potential_energy_step(f: torch.Tensor, y: torch.Tensor, steps: int = 10, ste
 
 
 def kendall_tau(a: torch.Tensor | list[float], b: torch.Tensor | list[float]) -> float:
-    """Kendall's tau-b rank correlation of two score lists of equal length (ties counted as in
-    scipy.stats.kendalltau): (concordant - discordant) / sqrt((n0 - ties_a) (n0 - ties_b))."""
-    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
-    da, db = torch.sign(a[:, None] - a[None]), torch.sign(b[:, None] - b[None])  # (n, n)
-    upper = torch.triu(torch.ones_like(da, dtype=torch.bool), diagonal=1)
-    s = (da * db)[upper].sum()
-    na, nb = (da[upper] != 0).sum(), (db[upper] != 0).sum()
-    return (s / torch.sqrt(na * nb)).item() if na * nb > 0 else 0.0
+    """Kendall's tau-b rank correlation of two score lists of equal length (scipy's, ties handled);
+    0 when either list is constant (tau is undefined there)."""
+    tau = kendalltau(torch.as_tensor(a, dtype=torch.float64).numpy(), torch.as_tensor(b, dtype=torch.float64).numpy()).statistic
+    return 0.0 if math.isnan(tau) else float(tau)
 
 
 def variance_entropy(filters: torch.Tensor) -> float:
