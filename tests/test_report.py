@@ -180,3 +180,12 @@ def test_a_local_run_in_an_older_claims_format_is_skipped_not_fatal(tmp_path, ro
     (run / "linear_regression.claims.json").write_text(json.dumps([old]))
     assert _line(render(book))[5] == "  - 0.05 (< 0.1): pass (golden, seed 0)"
     assert "older claims format" in capsys.readouterr().out
+
+
+def test_paper_cell_cites_the_paper_or_says_none_for_a_check_of_our_own():
+    from ptmlib.book.report import paper_cell
+
+    assert paper_cell({"paper": "garg2022what", "paper_value": "0.5"}) == "{cite:p}`garg2022what`: 0.5"
+    assert paper_cell({"paper": "garg2022what", "paper_value": ""}) == "{cite:p}`garg2022what`: -"
+    assert paper_cell({"paper": "", "paper_value": "qualitative"}) == "-"  # no empty {cite:p}`` (a Sphinx error)
+    assert paper_cell({"paper": None}) == "-"

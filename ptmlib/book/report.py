@@ -207,7 +207,7 @@ def render(root: Path) -> str:
             smoke += " " + svg
         cells = [part_label(parts[chapter]), f"{{doc}}`{chapter} <chapters/{chapter}>`",
                  KIND_LABEL.get(row.get("kind", ""), row.get("kind", "")), f"`{claim_id}`: {row['statement']}",
-                 "{cite:p}`" + row["paper"] + "`: " + (str(row.get("paper_value", "")) or "-"),
+                 paper_cell(row),
                  smoke, _cell(by_profile.get("full"))]
         out.append("* - " + "\n  - ".join(cells))
     out.append("```")
@@ -311,6 +311,13 @@ def syllabus_with_times(root: Path, text: str) -> str:
     head, rest = text.split(TIMES_START, 1)
     _, tail = rest.split(TIMES_END, 1)
     return f"{head}{TIMES_START}\n{run_times_table(root)}\n{TIMES_END}{tail}"
+
+
+def paper_cell(row: dict[str, Any]) -> str:
+    """The report's paper column: the citation and the paper's own number, or "-" for a check of our own code."""
+    if not row.get("paper"):
+        return "-"
+    return "{cite:p}`" + row["paper"] + "`: " + (str(row.get("paper_value", "")) or "-")
 
 
 def write_report(root: Path) -> Path:
