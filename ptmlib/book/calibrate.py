@@ -84,7 +84,7 @@ def calibrate(root: Path, chapters: list[str], seeds: list[int], jobs: int = 1, 
     tasks: list[tuple[str, dict[str, Any], str]] = []
     for c in chapters:
         nb = runner.read_chapter(runner.chapter_path(root, c))
-        todo = [s for s in seeds if str(s) not in records[c]["runs"]]
+        todo = [s for s in seeds if not records[c]["runs"].get(str(s), {}).get("ok")]  # new seeds, and failed ones again
         mine = [(c, {"profile": "smoke", "seed": s}, f"seed {s}") for s in todo]
         if controls:
             mine += [(c, runner.control_params(nb, c, name, {"profile": "smoke", "seed": 0}), name)
@@ -93,7 +93,7 @@ def calibrate(root: Path, chapters: list[str], seeds: list[int], jobs: int = 1, 
             runner.check_parameters(nb, c, params)
         tasks += mine
         if skipped := len(seeds) - len(todo):
-            echo(f"{c}: {skipped} seed(s) already recorded for this code, skipped", flush=True)
+            echo(f"{c}: {skipped} seed(s) already recorded ok for this code, skipped", flush=True)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         args = [(root, c, p, Path(tmp) / f"{i}") for i, (c, p, _) in enumerate(tasks)]

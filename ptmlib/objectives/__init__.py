@@ -1,1 +1,4 @@
-"""Part II helpers: pretraining objectives as data transforms, replaced-token detection, scaling laws."""
+"""Part II helpers, one topic per module: `denoising` (objectives as data transforms), `rtd` (replaced-token
+detection), `scaling` (scaling laws, schedules), `selfsup` (self-supervised signals), `compact` (growth and
+distillation), `elastic` (sub-networks, stitching, early exits, layer chains) and `diffusion` (diffusion models
+and their steering)."""
