@@ -29,7 +29,7 @@ SYLLABUS_NAMES = {
     "pretraining theory": "icl/pretraining_theory", "denoising": "objectives/denoising_objectives",
     "replaced tokens": "objectives/replaced_token_detection", "scaling": "objectives/scaling_and_schedules",
     "self-supervised signals": "objectives/self_supervised_signals",
-    "compact models": "objectives/compact_models", "elastic models": "objectives/elastic_models",
+    "efficient pretraining": "objectives/efficient_pretraining", "compact models": "objectives/compact_models", "elastic models": "objectives/elastic_models",
     "diffusion models": "objectives/diffusion_models",
     "LoRA": "peft/lora_and_adapters", "spectral": "peft/spectral_and_sparse", "merging": "peft/merging_and_arithmetic",
     "prompting": "peft/prompting_frozen_models", "interpretable adaptation": "peft/interpretable_adaptation",
