@@ -125,9 +125,6 @@ BELOW_TWO_REPRODUCTIONS = {
                                   "(a negative result). A stricter second claim (LOOK beats cross-entropy and the "
                                   "untrained start) gives 0.013 at 1% against a seed mean of 0.028, sd 0.009. Needs "
                                   "about 7 replicas (twice the smoke time) or the full profile",
-    "objectives/diffusion_models": "grafting recovers the quality (1 reproduction); LCSC beating the last checkpoint "
-                                   "and calibrated guidance gain at most seeds but their spread defeats the 2.5-sd "
-                                   "rule, and FKC needs more accurate experts. Needs replicates or larger samples",
 }
 
 

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from ptmlib.objectives import diffusion
+from ptmlib.peft import spectral
 
 RING = diffusion.Mixture.ring(8, radius=2.0, std=0.45, n_classes=2)
 
@@ -182,14 +183,48 @@ def test_graft_fits_the_operator_and_full_rank_is_nearly_exact():
     model = diffusion.ScoreNet(32, 3)
     x = torch.randn(512, 2, generator=gen())
     t = torch.rand(512, generator=gen(1))
-    hybrid, rel = diffusion.graft_operator(model, 1, diffusion.LowRank(32, 32, 32), x, t, steps=400)
+    # a full-rank operator from an unrelated random start: the regression alone must recover the layer
+    hybrid, rel = diffusion.graft_operator(model, 1, spectral.low_rank(nn.Linear(32, 32), 32), x, t, steps=400)
     assert rel < 0.01
     assert (hybrid(x, t) - model(x, t)).abs().max() < 0.05
     assert isinstance(model.hidden[1], nn.Linear)  # the pretrained model is left alone
-    low, rel_low = diffusion.graft_operator(model, 1, diffusion.LowRank(32, 32, 2), x, t, steps=400)
-    assert rel_low > rel
+    # rank 2, started at the layer's Eckart-Young approximation: worse than full rank, and the regression
+    # on the activations improves on the weight-space approximation it starts from
+    _, rel_svd = diffusion.graft_operator(model, 1, spectral.low_rank(model.hidden[1], 2), x, t, steps=0)
+    low, rel_low = diffusion.graft_operator(model, 1, spectral.low_rank(model.hidden[1], 2), x, t, steps=400)
+    assert rel < rel_low < rel_svd
     count = lambda m: sum(p.numel() for p in m.parameters())
     assert count(model) - count(low) == 32 * 32 + 32 - (2 * 32 + 2 * 32 + 32)
+
+
+def test_replicas_run_each_member_on_its_rows_and_train_like_separate_runs():
+    torch.manual_seed(0)
+    reps = diffusion.Replicas([diffusion.ScoreNet(16, 2) for _ in range(3)])  # three different random inits
+    branch = diffusion.Replicas([reps._base[0]] * 2)  # two copies of one network
+    assert all(torch.equal(w[0], w[1]) for w in branch.weights)
+    x, t = torch.randn(3 * 8, 2, generator=gen()), torch.rand(3 * 8, generator=gen(1))
+    alone = [diffusion.ScoreNet(16, 2) for _ in range(3)]
+    for r, m in enumerate(alone):
+        m.load_state_dict(reps.member(r))
+    assert torch.allclose(reps(x, t), torch.cat([m(x[8 * r:8 * r + 8], t[8 * r:8 * r + 8]) for r, m in enumerate(alone)]), atol=1e-5)
+    # three Adam steps on the summed loss == three steps of each member on its own rows
+    eps = torch.randn(3 * 8, 2, generator=gen(2))
+    opts = [torch.optim.Adam(m.parameters(), lr=1e-2) for m in alone]
+    opt = torch.optim.Adam(reps.parameters(), lr=1e-2)
+    for _ in range(3):
+        loss = 3 * diffusion.denoising_loss(reps, x, t, eps)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        for r, (m, o) in enumerate(zip(alone, opts)):
+            rows = slice(8 * r, 8 * r + 8)
+            o.zero_grad()
+            diffusion.denoising_loss(m, x[rows], t[rows], eps[rows]).backward()
+            o.step()
+    for r, m in enumerate(alone):
+        for k, v in reps.member(r).items():
+            assert torch.allclose(v, m.state_dict()[k], atol=1e-5), k
+    assert not torch.allclose(reps.member(0)["out.weight"], reps.member(1)["out.weight"])
 
 
 def test_class_accuracy_and_component_weights_of_exact_samples():

@@ -12,7 +12,10 @@ Shapes: points x (N, 2); diffusion time t (N,) in [T_MIN, 1]; mixture means (K, 
     fkc_product_sample  Feynman-Kac corrector (Skreta et al.): naive score addition for a product of
                         experts plus SMC resampling with weights beta <s1, s2> dt
     classifier_grad     grad_x log p(y | .) of a classifier applied to x_t or to the denoised x0_hat
-    sliced_wasserstein  the chapter's sample-quality metric: distance between two point clouds
+    Replicas            R independent copies of a network trained as one tensor program (vmap)
+    graft_operator      grafting: a new operator fitted to a pretrained layer's activations
+    mmd2                the chapter's sample-quality metric: unbiased MMD^2 between two point clouds
+    sliced_wasserstein  another distance between two point clouds (sliced W2)
 
 Every sampler takes a `score(x, t)` callable, so exact scores (the mixture's) and learned ones are
 interchangeable: the tests hold the samplers to closed forms with the exact score.
@@ -26,6 +29,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call, vmap
 
 from ptmlib.metrics import accuracy
 
@@ -356,20 +360,41 @@ def exact_class_grad(mix: Mixture, y: int) -> Callable[[torch.Tensor, torch.Tens
     return grad
 
 
-# ----------------------------------------------------------------------------- grafting
+# ----------------------------------------------------------------------------- replicate runs
 
-class LowRank(nn.Module):
-    """A cheaper operator for a (d_in -> d_out) linear layer: x -> B(A x) + b with rank r,
-    r (d_in + d_out) + d_out parameters instead of d_in d_out + d_out."""
+class Replicas(nn.Module):
+    """R independent networks of one architecture, trained and evaluated as one tensor program: member r
+    starts from `modules[r]`'s parameters (pass [net] * R to branch R runs from one network; buffers are
+    the first module's), the weights are stacked (R, ...) and `torch.func.vmap` runs the R forwards at once.
+    Every input is the R members' batches concatenated, (R n, ...): rows [r n, (r + 1) n) go to member r,
+    and the output (R n, ...) comes back in the same order. Members share nothing, so with a loss summed
+    over members (R times a mean over all rows) and no global gradient clipping, each gets the update it
+    would get alone."""
 
-    def __init__(self, d_in: int, d_out: int, rank: int) -> None:
+    def __init__(self, modules: list[nn.Module]) -> None:
         super().__init__()
-        self.A = nn.Linear(d_in, rank, bias=False)
-        self.B = nn.Linear(rank, d_out)
+        self.R = len(modules)
+        self._base = [modules[0]]  # the architecture only (a list, so not a submodule); its weights are never used
+        self.names = [k for k, _ in modules[0].named_parameters()]
+        params = [dict(m.named_parameters()) for m in modules]
+        self.weights = nn.ParameterList(nn.Parameter(torch.stack([p[k].detach() for p in params]).clone())
+                                        for k in self.names)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.B(self.A(x))
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        split = [x.reshape(self.R, -1, *x.shape[1:]) for x in inputs]  # (R, n, ...)
 
+        def one(weights: tuple[torch.Tensor, ...], *args: torch.Tensor) -> torch.Tensor:
+            return functional_call(self._base[0], dict(zip(self.names, weights)), args)
+
+        out = vmap(one)(tuple(self.weights), *split)  # (R, n, ...)
+        return out.reshape(-1, *out.shape[2:])
+
+    def member(self, r: int) -> dict[str, torch.Tensor]:
+        """Member r's weights, as a state dict of the original module (copies)."""
+        return {k: w[r].detach().clone() for k, w in zip(self.names, self.weights)}
+
+
+# ----------------------------------------------------------------------------- grafting
 
 def hidden_inputs(model: ScoreNet, x: torch.Tensor, t: torch.Tensor, index: int) -> torch.Tensor:
     """The activations (N, width) that enter hidden layer `index` of a ScoreNet on inputs (x_t, t)."""
@@ -384,7 +409,9 @@ def graft_operator(model: ScoreNet, index: int, operator: nn.Module, x: torch.Te
     """Grafting (Chandrasegaran et al.), stage 1: a copy of `model` with hidden layer `index` replaced by
     `operator`, which is first trained (Adam, full batch) to reproduce the old layer's outputs on the
     activations the pretrained model feeds it at the given (x_t, t) (N, 2), (N,). Returns the hybrid and
-    the operator's final relative squared error. Stage 2, a brief end-to-end fine-tune, is the caller's."""
+    the operator's final relative squared error. A good start for a low-rank operator is the layer's own
+    best low-rank approximation (`ptmlib.peft.spectral.low_rank`); the regression then fits what the layer
+    does on the activations it actually sees. Stage 2, a brief end-to-end fine-tune, is the caller's."""
     import copy
 
     hybrid = copy.deepcopy(model)
