@@ -36,6 +36,7 @@ SYLLABUS_NAMES = {
     "class-incremental": "continual/class_incremental", "adapting continually": "continual/peft_continual",
     "continual pretraining": "continual/continual_pretraining", "time series": "science/time_series",
     "forecaster design": "science/forecaster_design", "PDE operators": "science/pde_operators",
+    "biomedicine": "science/biomedicine",
 }
 
 
@@ -46,7 +47,7 @@ def suggested_exercises() -> dict[str, set[int]]:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) != 4 or not cells[0].isdigit():
             continue
-        for item in cells[3].split(";"):
+        for item in filter(None, cells[3].split(";")):  # a week of project presentations suggests none
             name, _, numbers = item.partition(":")
             assert name.strip() in SYLLABUS_NAMES, f"syllabus names an unknown chapter: {name.strip()!r}"
             found.setdefault(SYLLABUS_NAMES[name.strip()], set()).update(int(n) for n in numbers.split(","))

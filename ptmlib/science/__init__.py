@@ -1,1 +1,2 @@
-"""Part V helpers: a pseudo-spectral PDE solver, neural operators, time-series priors and forecasters."""
+"""Part V helpers: a pseudo-spectral PDE solver, neural operators, time-series priors and forecasters, and
+`biomed` (simulated ECGs and multi-contrast scans, JEPA and masked autoencoders)."""
