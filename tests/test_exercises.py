@@ -36,7 +36,7 @@ SYLLABUS_NAMES = {
     "class-incremental": "continual/class_incremental", "adapting continually": "continual/peft_continual",
     "continual pretraining": "continual/continual_pretraining", "time series": "science/time_series",
     "forecaster design": "science/forecaster_design", "PDE operators": "science/pde_operators",
-    "biomedicine": "science/biomedicine",
+    "earth system": "science/earth_system", "biomedicine": "science/biomedicine",
 }
 
 

@@ -1,2 +1,3 @@
-"""Part V helpers: a pseudo-spectral PDE solver, neural operators, time-series priors and forecasters, and
-`biomed` (simulated ECGs and multi-contrast scans, JEPA and masked autoencoders)."""
+"""Part V helpers: a pseudo-spectral PDE solver, neural operators, time-series priors and forecasters,
+`earth` (a barotropic atmosphere with a tracer, masked-forecast pretraining) and `biomed` (simulated ECGs and
+multi-contrast scans, JEPA and masked autoencoders)."""
