@@ -118,14 +118,7 @@ def test_every_chapter_is_calibrated_at_seeds_0_to_9_for_its_current_code(root):
 # Chapters that do not yet reproduce two findings at smoke, and why: each needs a better experiment (issue 17),
 # not fewer claims. The test fails when a chapter joins this list without being named here, and when a named one
 # is fixed, so the list stays true.
-BELOW_TWO_REPRODUCTIONS = {
-    "orientation/what_transfers": "LOOK's fine-grained gain and LogME's ranking of the zoo hold at every seed but "
-                                  "already clear any 2.5-sd threshold at 1% of pretraining, so they are checks; "
-                                  "label noise hurting out-of-domain transfer more changes sign with the seed "
-                                  "(a negative result). A stricter second claim (LOOK beats cross-entropy and the "
-                                  "untrained start) gives 0.013 at 1% against a seed mean of 0.028, sd 0.009. Needs "
-                                  "about 7 replicas (twice the smoke time) or the full profile",
-}
+BELOW_TWO_REPRODUCTIONS: dict[str, str] = {}  # none since session 6
 
 
 def test_every_chapter_declares_controls_and_at_least_two_reproductions(root):

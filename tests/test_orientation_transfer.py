@@ -96,6 +96,21 @@ def test_ridge_probe_separable_vs_random_features():
     assert acc[0].item() == 1.0 and acc[1].item() < 0.5
 
 
+def test_cross_validated_probe_scores_every_example_once():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 4, (203,), generator=g)
+    good = F.one_hot(y, 4).float() + 0.1 * torch.randn(203, 4, generator=g)
+    bad = torch.randn(203, 4, generator=g)
+    acc = T.cross_validated_probe(torch.stack([good, bad]), y, 4)
+    assert acc[0].item() == 1.0 and acc[1].item() < 0.5
+    # one bad example is scored once: 202 of 203 right, whatever fold it falls in
+    flipped = good.clone()
+    flipped[7] = F.one_hot((y[7] + 1) % 4, 4).float()
+    assert T.cross_validated_probe(flipped[None], y, 4).item() == pytest.approx(202 / 203)
+    # the folds partition the examples: with as many folds as examples it is leave-one-out
+    assert T.cross_validated_probe(flipped[None, :20], y[:20], 4, folds=20).item() == pytest.approx(19 / 20)
+
+
 def test_within_class_share_collapsed_and_mixed():
     y = torch.tensor([0, 0, 1, 1])
     collapsed = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]])

@@ -134,6 +134,21 @@ def ridge_probe(train: torch.Tensor, y: torch.Tensor, test: torch.Tensor, y_test
     return ((t @ w).argmax(-1) == y_test).double().mean(1).float()
 
 
+def cross_validated_probe(f: torch.Tensor, y: torch.Tensor, classes: int, folds: int = 5, seed: int = 0) -> torch.Tensor:
+    """Linear-probe accuracy of every member scored on *every* example once: the examples are split into
+    `folds` parts (a fixed permutation drawn from `seed`), and each part is scored by a `ridge_probe`
+    fitted on the others. Uses all N examples as test data, which makes the accuracy less noisy than
+    one held-out split. f (E, N, D), y (N,) -> accuracy (E,)."""
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    correct = torch.zeros(f.shape[0], dtype=torch.float64)
+    for k in range(folds):
+        test = order[k::folds]  # every folds-th example of the permutation
+        train = torch.ones(len(y), dtype=torch.bool)
+        train[test] = False
+        correct += ridge_probe(f[:, train], y[train], f[:, test], y[test], classes).double() * len(test)
+    return (correct / len(y)).float()
+
+
 def within_class_share(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Intra-class diversity: the share of the feature variance that lies within classes,
     tr(S_within) / tr(S_total), on unit-normalised features. 0: every class collapsed to a point;
