@@ -37,6 +37,7 @@ SYLLABUS_NAMES = {
     "continual pretraining": "continual/continual_pretraining", "time series": "science/time_series",
     "forecaster design": "science/forecaster_design", "PDE operators": "science/pde_operators",
     "earth system": "science/earth_system", "biomedicine": "science/biomedicine",
+    "decision making": "science/decision_making",
 }
 
 
