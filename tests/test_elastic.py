@@ -161,3 +161,104 @@ def test_threshold_rule_in_deployed_exits_matches_threshold_exits():
     want = el.threshold_exits(logits.softmax(-1), tau)
     assert torch.equal(exit_at, want) and 0 < (want == 0).sum() < 40
     assert torch.equal(pred, logits[torch.arange(40), want].argmax(-1))
+
+
+def task(n=256, seed=4):
+    """A learnable toy task: x (n, D), y (n,) = arg-max of a fixed linear map of x."""
+    xs = torch.randn(n, D, generator=torch.Generator().manual_seed(seed))
+    return xs, (xs @ torch.randn(D, K, generator=torch.Generator().manual_seed(seed + 1))).argmax(-1)
+
+
+def smoke():
+    from ptmlib import resolve_profile
+    return resolve_profile("smoke", seed=0, cuda_available=False)
+
+
+def test_classification_loss_is_cross_entropy_on_the_indexed_rows():
+    xs, ys = task()
+    loss = el.classification_loss(xs, ys)
+    i = torch.tensor([3, 0, 7])
+    lookup = {tuple(r.tolist()): int(c) for r, c in zip(xs, ys)}
+
+    def oracle(z: torch.Tensor) -> torch.Tensor:  # sure and right on whatever rows it is given
+        return 50.0 * F.one_hot(torch.tensor([lookup[tuple(r.tolist())] for r in z]), K).float()
+
+    assert loss(oracle, i) < 1e-6
+    assert loss(oracle, i.flip(0)) < 1e-6
+    assert torch.allclose(loss(lambda z: torch.zeros(len(z), K), i), torch.log(torch.tensor(float(K))))
+    m = model()
+    assert torch.allclose(loss(m, i), F.cross_entropy(m(xs[i]), ys[i]))
+
+
+def test_once_for_all_and_stitch_losses_draw_their_paths_from_the_generator():
+    xs, ys = task()
+    i = torch.arange(10)
+    m = model()
+    g, g_ref = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    ofa = el.once_for_all_loss(xs, ys, (2, 4, 8), (1, 2, 3), g, n_random=2)
+    for _ in range(3):  # each call draws fresh sizes, exactly as sample_sizes would
+        want = el.sub_network_loss(m, xs[i], ys[i], el.sample_sizes((2, 4, 8), (1, 2, 3), g_ref, n_random=2))
+        assert torch.allclose(ofa(m, i), want)
+    fam = el.StitchedFamily(model(0, width=4), model(1), xs)
+    g = torch.Generator().manual_seed(6)
+    stitch = el.stitch_path_loss(xs, ys, g)
+    per_k = {k: float(F.cross_entropy(fam(xs[i], k), ys[i])) for k in range(L + 1)}
+    seen = {round(float(stitch(fam, i)), 5) for _ in range(40)}
+    assert seen == {round(v, 5) for v in per_k.values()}  # every path 0..depth, and only those
+
+
+def test_train_alone_learns_and_is_reproducible():
+    xs, ys = task()
+    from ptmlib.data import index_batches
+    from ptmlib.train import TrainConfig
+    cfg = TrainConfig(num_steps=150, lr=3e-3, autocast=False)
+    kw = dict(seed=3, examples_per_step=64)
+    m = el.train_alone(D, K, 8, 2, el.classification_loss(xs, ys), index_batches(len(ys), 64), cfg, smoke(), **kw)
+    again = el.train_alone(D, K, 8, 2, el.classification_loss(xs, ys), index_batches(len(ys), 64), cfg, smoke(), **kw)
+    assert (m.width, m.depth) == (8, 2) and torch.equal(m.w1, again.w1)
+    assert float((m(xs).argmax(-1) == ys).float().mean()) > 0.8  # chance is 1 / K
+
+
+def test_train_exits_baseline_leaves_gates_alone_and_a_high_price_exits_first():
+    m = model()
+    xs, ys = task()
+    with torch.no_grad():
+        feats = torch.stack(m.states(xs)[1:], 1)  # (N, L, C)
+    from ptmlib.data import index_batches
+    from ptmlib.train import TrainConfig
+    cfg = TrainConfig(num_steps=150, lr=1e-2, autocast=False)
+    costs = torch.arange(1, L + 1) / L
+
+    def fit(lam):
+        return el.train_exits(feats, ys, costs, lam, K, index_batches(len(ys), 64), cfg, smoke(),
+                              seed=2, examples_per_step=64)
+
+    base = fit(None)
+    assert not base.gate_w.any() and not base.gate_b.any()  # the uniform loss never touches the gates
+    blocks, acc = el.exit_point(base.logits(feats), torch.full((len(ys),), L - 1), ys)
+    assert blocks == L and acc > 0.5  # the last head learned the task (chance 1 / K)
+    cheap, costly = fit(0.0), fit(5.0)
+    depth = {lam: el.gated_exits(h(feats)[1]).float().mean() for lam, h in ((0.0, cheap), (5.0, costly))}
+    assert depth[5.0] < 0.2 and depth[5.0] < depth[0.0]  # a high price on depth sends samples out early
+
+
+def test_exit_point_counts_blocks_and_reads_the_head_of_each_exit():
+    logits = torch.zeros(3, L, K)
+    logits[0, 0, 1] = logits[1, 2, 2] = logits[2, 1, 0] = 1.0  # each sample's exit predicts 1, 2, 0
+    blocks, acc = el.exit_point(logits, torch.tensor([0, 2, 1]), torch.tensor([1, 2, 3]))
+    assert blocks == 2.0 and acc == pytest.approx(2 / 3)
+
+
+def test_deployed_exits_count_what_the_exits_imply():
+    m = model()
+    heads = el.ExitHeads(L, C, K)
+    with torch.no_grad():
+        heads.gate_w.normal_(generator=torch.Generator().manual_seed(3))
+    xs, ys = task(40)
+    acc, flops, err = el.deployed_exits(m, heads, xs, ys)
+    pred, exit_at = el.run_with_exits(m, heads, xs)
+    assert acc == float((pred == ys).float().mean()) and err < 1e-9
+    full = el.network_flops(D, K, C, L) - 2 * C * K + L * (2 * C * K + 2 * K)  # stem, every block + exit head + gate
+    assert 0 < (exit_at < L - 1).sum() and flops < full
+    _, flops_all, err_all = el.deployed_exits(m, heads, xs, ys, tau=2.0)  # nobody is that sure: all run to the end
+    assert err_all < 1e-9 and flops_all == full

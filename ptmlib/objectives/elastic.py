@@ -13,6 +13,11 @@ head. Its weights are stored at full width, and every function here may run a *s
 - `exit_probabilities` turns per-layer gate values into the probability of exiting at each layer
   (early-exit networks, JEI-DNN, Regol et al. 2024).
 
+Training helpers wrap the book's loop `ptm.train` for this family: `classification_loss`,
+`once_for_all_loss` and `stitch_path_loss` build the loss functions it calls on a batch of indices,
+`train_alone` trains one size conventionally, `train_exits` trains early-exit heads (and gates) on a frozen
+backbone's features; `exit_point` and `deployed_exits` read off what exits cost and achieve.
+
 Costs are counted, not only computed: `counted_flops` runs a function under PyTorch's FLOP counter
 (matrix multiplications, 2 FLOPs per multiply-add), and `block_flops` is the formula it must match.
 Shapes: B samples, d input features, C width, K classes.
@@ -25,6 +30,11 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ptmlib.profiles import Profile
+from ptmlib.train import TrainConfig, train
+
+IndexLoss = Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (model, indices (B,)) -> scalar loss
 
 
 class ResidualMLP(nn.Module):
@@ -321,3 +331,89 @@ class StitchedFamily(nn.Module):
         if k == self.depth:
             return self.small(x)
         return stitched_logits(self.small, self.large, self.stitches[k - 1], x, k)
+
+
+def classification_loss(x: torch.Tensor, y: torch.Tensor) -> IndexLoss:
+    """The loss `ptm.train` calls on a batch of indices i (B,): cross-entropy of model(x[i]) against y[i].
+    x (N, d), y (N,)."""
+    def loss(model: nn.Module, i: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model(x[i]), y[i])
+    return loss
+
+
+def once_for_all_loss(x: torch.Tensor, y: torch.Tensor, widths: Sequence[int], depths: Sequence[int],
+                      gen: torch.Generator, n_random: int = 1, distill: float = 0.0) -> IndexLoss:
+    """Once-for-all training's loss on a batch of indices i (B,): each call draws the step's sizes with
+    `sample_sizes` (from `gen`) and returns `sub_network_loss` on x[i] (B, d), y[i] (B,)."""
+    def loss(model: nn.Module, i: torch.Tensor) -> torch.Tensor:
+        sizes = sample_sizes(widths, depths, gen, n_random=n_random)
+        return sub_network_loss(model, x[i], y[i], sizes, distill=distill)
+    return loss
+
+
+def stitch_path_loss(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> IndexLoss:
+    """SN-Net's training loss on a batch of indices i (B,): one path k ~ U{0 .. depth} of the
+    `StitchedFamily` per step (drawn from `gen`), cross-entropy of family(x[i], k) against y[i]."""
+    def loss(model: nn.Module, i: torch.Tensor) -> torch.Tensor:
+        k = int(torch.randint(model.depth + 1, (1,), generator=gen))  # one path of the family per step
+        return F.cross_entropy(model(x[i], k), y[i])
+    return loss
+
+
+def train_alone(d_in: int, n_classes: int, width: int, depth: int, loss_fn: IndexLoss,
+                batch_fn: Callable[[torch.Generator], torch.Tensor], cfg: TrainConfig, profile: Profile, *,
+                seed: int, examples_per_step: int, expand: int = 2) -> ResidualMLP:
+    """A `ResidualMLP` of one size, initialised from torch.manual_seed(`seed`) and trained conventionally
+    with `ptm.train` on `loss_fn` (e.g. `classification_loss`): (B, d_in) -> (B, n_classes)."""
+    torch.manual_seed(seed)
+    model = ResidualMLP(d_in, n_classes, width, depth, expand)
+    train(model, batch_fn, loss_fn, cfg, profile, examples_per_step=examples_per_step)
+    return model
+
+
+def uniform_exit_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The plain average of every exit's cross-entropy (how thresholded exit heads are trained):
+    logits (B, L, K), y (B,) -> scalar."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.repeat_interleave(logits.shape[1]))
+
+
+def train_exits(feats: torch.Tensor, y: torch.Tensor, costs: torch.Tensor, lam: float | None, n_classes: int,
+                batch_fn: Callable[[torch.Generator], torch.Tensor], cfg: TrainConfig, profile: Profile, *,
+                seed: int, examples_per_step: int) -> ExitHeads:
+    """`ExitHeads` on a frozen backbone's features feats (N, L, C) with labels y (N,), initialised from
+    torch.manual_seed(`seed`). lam=None: heads only, on `uniform_exit_loss` (the thresholding baseline);
+    else heads and gates jointly on JEI-DNN's `exit_loss` with per-exit costs (L,) and price `lam`."""
+    torch.manual_seed(seed)
+    heads = ExitHeads(feats.shape[1], feats.shape[2], n_classes)
+
+    def loss(m: ExitHeads, i: torch.Tensor) -> torch.Tensor:
+        logits, gates = m(feats[i])
+        if lam is None:
+            return uniform_exit_loss(logits, y[i])
+        return exit_loss(logits, gates, y[i], costs, lam)
+
+    train(heads, batch_fn, loss, cfg, profile, examples_per_step=examples_per_step)
+    return heads
+
+
+@torch.no_grad()
+def exit_point(logits: torch.Tensor, exits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(average blocks executed, accuracy) when sample b exits at exits[b], exit l after block l:
+    logits (B, L, K), exits (B,) int64, y (B,)."""
+    pred = logits[torch.arange(len(exits)), exits].argmax(-1)
+    return (exits + 1).float().mean().item(), (pred == y).float().mean().item()
+
+
+def deployed_exits(model: ResidualMLP, heads: ExitHeads, x: torch.Tensor, y: torch.Tensor, **rule: float
+                   ) -> tuple[float, float, float]:
+    """Dynamic exits run as deployed (`run_with_exits` with `rule`: cut= or tau=) on x (B, d), y (B,):
+    (accuracy, counted FLOPs per sample, relative error of the count against the FLOPs the exits taken
+    imply: the stem for every sample, then block + head + gate for each sample still running)."""
+    pred, exit_at = run_with_exits(model, heads, x, **rule)
+    counted = counted_flops(lambda: run_with_exits(model, heads, x, **rule))
+    width, n_classes = model.width, model.head.out_features
+    head = 2 * width * n_classes  # one exit head
+    gate = 2 * n_classes  # the gate's (b, K) x (K, 1) product, computed under either rule
+    implied = len(x) * 2 * model.stem.in_features * width + sum(
+        int((exit_at >= i).sum()) * (block_flops(width, model.expand) + head + gate) for i in range(model.depth))
+    return (pred == y).float().mean().item(), counted / len(x), abs(counted - implied) / implied
