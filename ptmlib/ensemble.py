@@ -156,3 +156,9 @@ def stack_members(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tens
     """The inverse of `member_state`: the state of an ensemble whose member e has the weights states[e]
     (each shaped like an ensemble of one)."""
     return {k: torch.cat([s[k] for s in states]) for k in states[0]}
+
+
+def tile_members(model: EnsembleTransformer, R: int) -> None:
+    """Give member e the weights of member e % R, in place: with 2R members, replica r of the second arm
+    starts from exactly the weights of replica r of the first (paired comparisons from one initialisation)."""
+    model.load_state_dict(stack_members([member_state(model, e % R) for e in range(model.E)]))

@@ -86,6 +86,20 @@ def test_stack_members_inverts_member_state():
     assert torch.allclose(out[2], a(pair(2), causal=True)[0])
 
 
+def test_tile_members_gives_each_arm_the_same_starts():
+    from ptmlib.ensemble import tile_members
+
+    torch.manual_seed(5)
+    model = EnsembleTransformer(6, 3, 2, 16, 1, 2, max_len=4)
+    before = [member_state(model, e) for e in range(3)]
+    tile_members(model, 3)
+    z = torch.randn(1, 2, 4, 3).expand(6, -1, -1, -1)
+    out = model(z, causal=True)  # (6, 2, 4, 2)
+    for e in range(6):
+        assert all(torch.equal(member_state(model, e)[k], before[e % 3][k]) for k in before[0])
+    assert torch.equal(out[:3], out[3:]) and not torch.allclose(out[0], out[1])
+
+
 def test_alibi_mask_is_the_distance_penalty_plus_the_visibility_mask():
     from ptmlib.ensemble import alibi_mask
 
