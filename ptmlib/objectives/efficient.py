@@ -33,12 +33,12 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from ptmlib import lm
 from ptmlib.ensemble import EnsembleTransformer
 from ptmlib.metrics import count_params
 from ptmlib.objectives.denoising import causal_lm
+from ptmlib.objectives.elastic import counted_flops
 
 METHODS = ("full", "galore", "lowrank", "sparse")
 Tensors = dict[str, torch.Tensor]
@@ -230,11 +230,9 @@ def measured_step_flops(model: EnsembleTransformer, ids: torch.Tensor) -> float:
     multiply-add counts 2, zeros included, because dense hardware does not skip them)."""
     b = causal_lm(ids)
     inputs, targets = (x.expand(model.E, *x.shape) for x in (b.inputs, b.targets))
-    counter = FlopCounterMode(display=False)
-    with counter:
-        lm.scored_losses(model, inputs, targets, None, causal=True).sum().backward()
+    flops = counted_flops(lambda: lm.scored_losses(model, inputs, targets, None, causal=True).sum().backward())
     model.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / model.E
+    return flops / model.E
 
 
 def nonzero_matrix_weights(model: EnsembleTransformer, e: int) -> int:
