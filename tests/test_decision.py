@@ -162,3 +162,56 @@ def test_next_token_loss_and_action_predictions_read_the_right_positions(tokenis
     assert torch.allclose(decision.action_predictions(out, tokenisation, 4, 2)[0], actions)
     assert decision.next_token_loss(out + 1.0, target, tokenisation, 4).item() == pytest.approx(1.0)
     assert not math.isnan(decision.next_token_loss(torch.zeros_like(out), target, tokenisation, 4).item())
+
+
+def test_camera_renders_each_trajectory_with_its_own_ball_and_draws_one_phase_each():
+    states = decision.sample_tasks(6, torch.Generator().manual_seed(0))[0].reshape(3, 1, 2, 2).expand(3, 1, 2, 2)
+    images = decision.camera(states, 8, torch.Generator().manual_seed(1))
+    assert images.shape == (3, 1, 2, 64)
+    phase = 2 * torch.pi * torch.rand(3, generator=torch.Generator().manual_seed(1))
+    ball = decision.ball_path(phase, 1, 0.3)
+    expected = decision.render(states.reshape(3, 2, 2), 8, ball, ball_brightness=1.5).reshape(3, 1, 2, 64)
+    assert torch.allclose(images, expected)
+    plain = decision.camera(states, 8, torch.Generator().manual_seed(1), distractor=False)
+    assert torch.allclose(plain, decision.render(states, 8)) and not torch.allclose(plain, images)
+
+
+def test_transition_loss_sums_the_members_losses_on_the_batch():
+    torch.manual_seed(0)
+    model = decision.PretrainHeads(2, 6, 2, 3, 8)
+    obs, next_obs, act = torch.randn(10, 6), torch.randn(10, 6), torch.randn(10, 2)
+    idx = torch.tensor([1, 4, 7])
+    loss = decision.transition_loss(model, idx, obs, next_obs, act)
+    assert loss.dim() == 0
+    assert loss.item() == pytest.approx(model.losses(obs[idx], next_obs[idx], act[idx]).sum().item())
+
+
+def test_few_shot_errors_are_zero_when_the_test_set_is_the_training_set():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 12, 6, generator=gen)
+    a = x[..., :2] @ torch.randn(2, 2, generator=gen) + 0.3  # an affine policy of the observations
+    raw = decision.few_shot_errors(x, a, x, a, k=1, lam=1e-9)
+    assert set(raw) == {"nearest neighbours", "linear head"} and raw["linear head"].dim() == 0
+    assert raw["nearest neighbours"].item() == pytest.approx(0.0, abs=1e-10) and raw["linear head"].item() < 1e-8
+    torch.manual_seed(0)
+    model = decision.PretrainHeads(2, 6, 2, 3, 8)
+    per_member = decision.few_shot_errors(x, a, torch.randn(5, 4, 6, generator=gen), a[:, :4], model)
+    assert per_member["nearest neighbours"].shape == (6,) and per_member["linear head"].shape == (6,)
+
+
+def test_arm_trajectories_hold_the_goal_in_the_state_and_follow_the_dynamics():
+    s, a = decision.arm_trajectories(7, 5, torch.tensor([2.0]), 0.1, 0.1, 0.2, torch.Generator().manual_seed(0))
+    assert s.shape == (7, 5, 4) and a.shape == (7, 5, 2)
+    assert torch.equal(s[:, :1, 2:].expand(-1, 5, -1), s[:, :, 2:])  # the goal is constant along an episode
+    assert torch.allclose(s[:, 1:, :2] - s[:, :-1, :2], 0.1 * 2.0 * a[:, :-1], atol=1e-6)  # q' = q + dt b a
+    again = decision.arm_trajectories(7, 5, torch.tensor([2.0]), 0.1, 0.1, 0.2, torch.Generator().manual_seed(0))
+    assert torch.equal(again[0], s) and torch.equal(again[1], a)
+
+
+def test_action_state_tokens_dispatch_on_the_tokenisation():
+    states, actions = torch.randn(2, 3, 4), torch.randn(2, 3, 2)
+    x, target = decision.action_state_tokens("component", states, actions)
+    ref_x, ref_target = decision.component_tokens(states, actions)
+    assert torch.equal(x, ref_x) and torch.equal(target, ref_target) and target.shape == (2, 18)
+    x, target = decision.action_state_tokens("vector", states, actions)
+    assert x is target and torch.equal(x, decision.vector_tokens(states, actions)) and x.shape == (2, 6, 8)

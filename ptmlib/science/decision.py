@@ -243,3 +243,54 @@ def action_predictions(out: torch.Tensor, tokenisation: str, d_s: int, d_a: int)
         steps = out[..., 0].reshape(E, B, L // C, C)  # position j predicts token j + 1
         return steps[..., d_s - 1:C - 1]
     return out.reshape(E, B, L // 2, 2, -1)[:, :, :, 0, d_s:]
+
+
+def camera(states: torch.Tensor, grid: int, gen: torch.Generator, distractor: bool = True, omega: float = 0.3,
+           ball_brightness: float = 1.5) -> torch.Tensor:
+    """The learner's view of joint-angle trajectories states (..., T + 1, 2): images (..., T + 1, grid * grid),
+    each trajectory with (if `distractor`) a ball circling at `omega` per step from its own random phase.
+    Draws one uniform phase per trajectory from `gen` whether or not the ball is drawn."""
+    flat = states.reshape(-1, *states.shape[-2:])
+    ball = ball_path(2 * torch.pi * torch.rand(len(flat), generator=gen), flat.shape[1] - 1, omega)
+    image = render(flat, grid, ball if distractor else None, ball_brightness=ball_brightness)
+    return image.reshape(*states.shape[:-1], grid * grid)
+
+
+def transition_loss(model: PretrainHeads, idx: torch.Tensor, obs: torch.Tensor, next_obs: torch.Tensor,
+                    act: torch.Tensor) -> torch.Tensor:
+    """The pretraining loss of a batch idx (N,) of transitions obs, next_obs (M, D), act (M, d_act): the sum of
+    the members' losses, a scalar (members are independent, so each gets its own gradient)."""
+    return model.losses(obs[idx], next_obs[idx], act[idx]).sum()
+
+
+def few_shot_errors(train_x: torch.Tensor, train_a: torch.Tensor, test_x: torch.Tensor, test_a: torch.Tensor,
+                    model: PretrainHeads | None = None, k: int = 3, lam: float = 1e-3) -> dict[str, torch.Tensor]:
+    """Few-shot imitation errors of a k-nearest-neighbour policy and a ridge linear head, averaged over tasks.
+
+    train_x (n, N, D) and train_a (n, N, d_act): the demonstrations of n tasks; test_x (n, M, D) and test_a
+    (n, M, d_act): test states and the expert's actions there. On the model's frozen features, errors per member
+    (E,); without a model, on the raw observations, scalars."""
+    with torch.no_grad():
+        f_train, f_test = (train_x, test_x) if model is None else (model.features(train_x), model.features(test_x))
+        return {"nearest neighbours": imitation_error(knn_policy(f_train, train_a, f_test, k), test_a).mean(-1),
+                "linear head": imitation_error(ridge_policy(f_train, train_a, f_test, lam), test_a).mean(-1)}
+
+
+def arm_trajectories(n: int, horizon: int, gains: torch.Tensor, dt: float, rho: float, noise: float,
+                     gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """n noisy expert demonstrations of `horizon` steps, one per random task, each with a gain drawn from `gains`;
+    the state is (joint angles, goal pose): states (n, horizon, 4), actions (n, horizon, 2)."""
+    d = demonstrations(sample_tasks(n, gen)[0], 1, horizon, dt, rho, gains, noise, gen)
+    q, goal = d["states"][:, 0, :-1], d["goal"][:, None].expand(-1, horizon, 2)
+    return torch.cat([q, goal], -1), d["actions"][:, 0]
+
+
+def action_state_tokens(tokenisation: str, states: torch.Tensor,
+                        actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(model inputs, next-token targets) of states (B, H, d_s), actions (B, H, d_a) for one tokenisation:
+    "component" gives `component_tokens` (inputs (B, H (d_s + d_a), 2 (d_s + d_a)), values (B, H (d_s + d_a)));
+    "vector" gives `vector_tokens` (B, 2H, d_s + d_a + 2) as both."""
+    if tokenisation == "component":
+        return component_tokens(states, actions)
+    t = vector_tokens(states, actions)
+    return t, t
