@@ -178,3 +178,46 @@ def test_relative_mse_is_zero_when_perfect_and_one_for_the_mean():
     y = torch.randn(100)
     assert earth.relative_mse(y, y) == 0.0
     assert abs(earth.relative_mse(torch.full_like(y, float(y.mean())), y) - 0.99) < 1e-4  # (n-1)/n
+
+
+def test_band_trajectories_start_from_the_random_field_and_the_band():
+    times = [0.0, 0.25, 0.5]
+    traj = earth.band_trajectories(3, 16, torch.Generator().manual_seed(4), times, 0.0625, beta=10.0)
+    assert traj.shape == (3, 3, 2, 16, 16) and traj.dtype == torch.float64
+    zeta0 = earth.random_vorticity(3, 16, torch.Generator().manual_seed(4), peak=4.0, rms=1.5)
+    assert torch.allclose(traj[:, 0, 0], zeta0, atol=1e-12)  # the field is within the 2/3 mask already
+    assert torch.allclose(traj[:, 0, 1], earth.band(16).expand(3, -1, -1), atol=1e-12)
+    assert (traj[:, 2, 0] - traj[:, 0, 0]).abs().max() > 0.01  # the flow evolves
+
+
+def test_forecast_pairs_offset_states_by_the_lead_on_the_coarse_grid():
+    traj = earth.band_trajectories(2, 16, torch.Generator().manual_seed(5), [0.25 * i for i in range(5)], 0.0625, 5.0)
+    scale = torch.tensor([1.0, 2.0, 4.0]).reshape(1, 3, 1, 1)
+    x, y = earth.forecast_pairs(traj, 2, 2, scale)
+    assert x.shape == y.shape == (2 * 3, 3, 8, 8)
+    assert torch.allclose(x[1, 2], traj[0, 1, 0, ::2, ::2].float() / 4)  # trajectory 0, snapshot 1 ...
+    assert torch.allclose(y[1, 2], traj[0, 3, 0, ::2, ::2].float() / 4)  # ... and snapshot 1 + 2
+    assert torch.equal(earth.forecast_pairs(traj, 0, 2, scale)[0], earth.forecast_pairs(traj, 0, 2, scale)[1])
+
+
+def test_rain_pairs_pair_snapshots_two_to_five_with_the_next_rain():
+    traj = earth.band_trajectories(2, 16, torch.Generator().manual_seed(6), [0.25 * i for i in range(8)], 0.0625, 5.0)
+    x, r = earth.rain_pairs(traj, 2, torch.ones(1, 3, 1, 1), zeta_scale=0.5)
+    assert x.shape == (8, 3, 8, 8) and r.shape == (8, 8, 8) and r.min() >= 0 and r.max() > 0
+    assert torch.allclose(x[0, 2], traj[0, 2, 0, ::2, ::2].float())
+    assert torch.equal(r[5], earth.rain(traj[1, 4, 0, ::2, ::2], 0.5))  # trajectory 1, snapshot 3 + 1 + 1
+
+
+def test_forecast_error_and_forecaster_use_the_loaded_weights_and_lead():
+    torch.manual_seed(0)
+    state = earth.TinyPrithvi(8, dim=16, depth=1, heads=2).state_dict()
+    x = torch.randn(5, 3, 8, 8)
+    with torch.no_grad():
+        f = earth.Forecaster(earth.TinyPrithvi(8, dim=16, depth=1, heads=2), state, lead=1)
+        ref = earth.TinyPrithvi(8, dim=16, depth=1, heads=2)
+        ref.load_state_dict(state)
+        assert torch.equal(f(x), ref(x, torch.ones(5, dtype=torch.long)))
+        err = earth.forecast_error(earth.TinyPrithvi(8, dim=16, depth=1, heads=2), state, x, f(x), lead=1)
+    assert err == 0.0
+    y = torch.randn(5, 3, 8, 8)
+    assert earth.forecast_error(ref, state, x, y, 2) == earth.relative_mse(ref(x, torch.full((5,), 2)).detach(), y)

@@ -249,3 +249,50 @@ def relative_mse(pred: torch.Tensor, true: torch.Tensor) -> float:
     """Mean squared error over a test set divided by the variance of the truth (0 = perfect, 1 = predicting
     the mean)."""
     return float(F.mse_loss(pred, true) / true.var())
+
+
+# ----------------------------------------------------------------------------- the chapter's data and tasks
+def band_trajectories(count: int, n: int, gen: torch.Generator, times: list[float], dt: float, beta: float,
+                      nu: float = 1e-3, peak: float = 4.0, rms: float = 1.5) -> torch.Tensor:
+    """`count` trajectories of [zeta, c] at `times` on an n x n grid: (count, len(times), 2, n, n) float64, each
+    from `random_vorticity(count, n, gen, peak, rms)` and the tracer `band(n)`, run by `simulate`."""
+    zeta0 = random_vorticity(count, n, gen, peak=peak, rms=rms)
+    return simulate(zeta0, band(n).expand(count, -1, -1), times, dt, beta=beta, nu=nu)
+
+
+def forecast_pairs(traj: torch.Tensor, lead: int, every: int, scale: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """All (x_t, x_{t+lead}) pairs of trajectories traj (N, S, 2, n, n): the variables on every `every`-th grid
+    point divided by `scale` (1, 3, 1, 1), each (N * (S - lead), 3, n / every, n / every) float32."""
+    x = variables(traj[:, :, 0])[..., ::every, ::every] / scale
+    return x[:, : traj.shape[1] - lead].flatten(0, 1), x[:, lead:].flatten(0, 1)
+
+
+def rain_pairs(traj: torch.Tensor, every: int, scale: torch.Tensor, zeta_scale: float
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """States at snapshots 2-5 of traj (N, S >= 7, 2, n, n), on every `every`-th point divided by `scale`
+    (1, 3, 1, 1), and the `rain` (scale `zeta_scale`) one snapshot later: (4N, 3, m, m), (4N, m, m), m = n / every."""
+    x = variables(traj[:, 2:6, 0])[..., ::every, ::every] / scale
+    return x.flatten(0, 1), rain(traj[:, 3:7, 0], zeta_scale)[..., ::every, ::every].flatten(0, 1)
+
+
+def forecast_error(net: TinyPrithvi, state: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                   lead: int) -> float:
+    """`relative_mse` of `net` loaded with `state` forecasting x (B, C, m, m) `lead` snapshots ahead (no mask)
+    against y (B, C, m, m)."""
+    net.load_state_dict(state)
+    with torch.no_grad():
+        return relative_mse(net(x, torch.full((len(x),), lead)), y)
+
+
+class Forecaster(nn.Module):
+    """`net` loaded with `state`, answering the forecast `lead` snapshots ahead without a mask:
+    x (B, C, m, m) -> (B, C, m, m)."""
+
+    def __init__(self, net: TinyPrithvi, state: dict[str, torch.Tensor], lead: int = 1):
+        super().__init__()
+        self.net, self.lead = net, lead
+        self.net.load_state_dict(state)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x, torch.full((len(x),), self.lead, dtype=torch.long, device=x.device))
